@@ -1,0 +1,178 @@
+"""Typed configuration: YAML files under configs/ parsed into pydantic models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from reaseq.errors import ConfigError
+
+
+class Strict(BaseModel):
+    """Base for every config section: unknown keys are errors, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class DatasetConfig(Strict):
+    """Where a dataset comes from and how its columns map to the canonical tables."""
+
+    name: str = "ml-100k"
+    loader: Literal["embedded", "recbole_atomic", "movielens_raw", "amazon2023", "taobao", "tabular"] = "embedded"
+    path: Path | None = None  # file or folder; not needed for `embedded`
+    interactions: str | None = None  # file names inside `path` (tabular/amazon loaders)
+    items: str | None = None
+    users: str | None = None
+    columns: dict[str, str] = Field(default_factory=dict)  # canonical name -> source column (tabular loader)
+    timestamp_format: str | None = None  # strptime format when timestamps are text
+    duplicates: Literal["error", "drop"] = "error"  # exact duplicate interaction rows
+    min_user_interactions: int = 0  # k-core style filters; 0 keeps everyone
+    min_item_interactions: int = 0
+    max_rows: int | None = None  # read only the first N interactions (large sets such as Taobao)
+
+
+class CTRProtocolConfig(Strict):
+    """The `ctr` protocol: every interaction with enough history is a labelled sample."""
+
+    min_hist: int = 1  # an interaction is a sample when the user has at least this many earlier ones
+    max_len: int = 50  # history length fed to the ranker (most recent items)
+    label_threshold: float = 4.0  # explicit ratings >= threshold are positive
+    valid_frac: float = 0.1  # per user, the last test_frac of samples are test, the valid_frac before valid
+    test_frac: float = 0.1
+    min_samples_for_split: int = 3  # users with fewer samples keep them all in train
+    negatives_per_positive: int = 1  # implicit data only: sampled non-clicked items per event
+
+
+class TopKProtocolConfig(Strict):
+    """The `topk` protocol: leave-one-out by time, full-catalogue ranking."""
+
+    max_len: int = 50
+    min_rating: float | None = None  # keep only interactions rated at least this (None keeps all)
+    min_user_interactions: int = 3  # users need train + valid + test items
+    ks: list[int] = Field(default_factory=lambda: [10, 20])
+    exclude_seen: bool = False  # mask the user's earlier items when ranking (RecBole's sequential models do not)
+
+
+class ProtocolConfig(Strict):
+    """Both protocols; a run picks one with `protocol.name`."""
+
+    name: Literal["ctr", "topk"] = "ctr"
+    ctr: CTRProtocolConfig = Field(default_factory=CTRProtocolConfig)
+    topk: TopKProtocolConfig = Field(default_factory=TopKProtocolConfig)
+
+
+class ModelConfig(Strict):
+    """Ranker architecture. Fields a model does not use are ignored by it."""
+
+    name: Literal["popularity", "din", "sasrec"] = "din"
+    embedding_dim: int = 32
+    attention_hidden: list[int] = Field(default_factory=lambda: [64, 32])
+    mlp_hidden: list[int] = Field(default_factory=lambda: [128, 64])
+    dropout: float = 0.1
+    attention_softmax: bool = True  # DIN: normalise attention weights over the history
+    use_history_ratings: bool = True  # DIN: the history's ratings/actions as a feature
+    item_fusion: Literal["sum", "concat"] = "sum"  # how item representation parts combine
+    use_item_features: bool = True  # DIN: genres and year of history and target items
+    use_user_features: bool = True  # DIN: user attributes (age, gender, occupation...)
+    num_layers: int = 2  # SASRec
+    num_heads: int = 2  # SASRec
+
+
+class TrainConfig(Strict):
+    """Optimisation and model selection (validation only)."""
+
+    epochs: int = 20
+    batch_size: int = 1024
+    eval_batch_size: int = 8192
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    embedding_l2: float = 0.0
+    patience: int = 2  # epochs without validation improvement before stopping
+    seeds: list[int] = Field(default_factory=lambda: [2024])
+    num_threads: int | None = None  # torch threads; None = all cores
+    time_budget_s: float | None = None  # stop after the epoch that crosses this budget
+    progress: bool = True
+
+
+class EvaluateConfig(Strict):
+    """What the evaluator reports besides the headline metrics."""
+
+    history_buckets: list[int] = Field(default_factory=lambda: [5, 20, 50, 100, 200])  # user-history-length edges
+    popularity_buckets: list[int] = Field(default_factory=lambda: [20, 100, 500, 1000])  # item train-count edges
+
+
+class RunConfig(Strict):
+    """Everything one run needs; written resolved next to its artifacts."""
+
+    run_dir: Path = Path("runs/default")
+    data_cache: Path = Path(".cache/reaseq")
+    dataset: DatasetConfig = Field(default_factory=DatasetConfig)
+    protocol: ProtocolConfig = Field(default_factory=ProtocolConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    node = tree
+    keys = dotted.split(".")
+    for key in keys[:-1]:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise ConfigError(None, dotted, f"'{key}' is not a section", "override a leaf key such as train.lr=0.001")
+    node[keys[-1]] = value
+
+
+def parse_overrides(overrides: list[str]) -> dict[str, Any]:
+    """Turn ['train.lr=0.01', 'model.name=din'] into a nested dict (values parsed as YAML)."""
+    tree: dict[str, Any] = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(None, item, "an override must look like key.sub=value", "write e.g. --set train.epochs=5")
+        key, raw = item.split("=", 1)
+        _set_dotted(tree, key.strip(), yaml.safe_load(raw))
+    return tree
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def _describe(error: ValidationError, file: str) -> ConfigError:
+    first = error.errors()[0]
+    field = ".".join(str(p) for p in first["loc"])
+    if first["type"] == "extra_forbidden":
+        return ConfigError(file, field, f"unknown config key '{field}'", "remove it or fix its spelling; `reaseq config-schema` lists every key")
+    return ConfigError(file, field, first["msg"], f"give '{field}' a valid value (got {first.get('input')!r})")
+
+
+def load_config(path: Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Load a YAML config (or the defaults), apply dotted overrides, validate strictly."""
+    data: dict[str, Any] = {}
+    file = str(path) if path else "<defaults>"
+    if path is not None:
+        if not Path(path).is_file():
+            raise ConfigError(path, None, "config file not found", "pass an existing YAML file, e.g. configs/ml-100k.yaml")
+        try:
+            loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        except yaml.YAMLError as exc:
+            raise ConfigError(path, None, f"not valid YAML ({exc})", "fix the YAML syntax") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(path, None, "the top level must be a mapping", "write sections such as `dataset:` and `train:`")
+        data = loaded or {}
+    data = _merge(data, parse_overrides(overrides or []))
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as exc:
+        raise _describe(exc, file) from None
+
+
+def dump_config(config: RunConfig) -> str:
+    """The resolved config as YAML text."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
