@@ -1,0 +1,186 @@
+"""The staged, resumable steps behind the CLI: prepare -> train -> evaluate (later issues add knowledge, embed, gbr)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from reaseq.config import RunConfig
+from reaseq.data.card import build_card, write_card
+from reaseq.data.dataset import SequenceData, load_prepared
+from reaseq.data.prepare import PREPARED_FILES, prepare_tables
+from reaseq.data.protocols import (
+    TEST,
+    CTRSamples,
+    TopKSplit,
+    build_ctr_samples,
+    build_topk_split,
+    load_ctr_samples,
+    save_ctr_samples,
+)
+from reaseq.evaluate.aggregate import aggregate_runs
+from reaseq.evaluate.report import write_report
+from reaseq.io import write_json
+from reaseq.runs import RunDir
+
+log = logging.getLogger("reaseq")
+
+DATA_DIR = "data"
+CTR_SAMPLES_FILE = "ctr_samples.parquet"
+HEADLINE = {"ctr": ["auc", "gauc", "logloss"], "topk": ["hr@10", "ndcg@10", "hr@20", "ndcg@20", "mrr"]}
+
+
+def _source_files(cfg: RunConfig) -> list[Path]:
+    path = cfg.dataset.path
+    if path is None:
+        return []
+    path = Path(path)
+    return [path] if path.is_file() else sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else []
+
+
+def prepare(run: RunDir, force: bool = False) -> Path:
+    """Load the dataset, write canonical tables, both protocol splits and the dataset card."""
+    from reaseq.data.loaders import load_raw  # loaders pull in format-specific code only when needed
+
+    cfg = run.config
+    out = run.root / DATA_DIR
+    section = {"dataset": cfg.dataset.model_dump(mode="json"), "ctr": cfg.protocol.ctr.model_dump(), "topk": cfg.protocol.topk.model_dump()}
+    key = run.step_key("prepare", section, _source_files(cfg))
+    if not force and run.is_done("prepare", key):
+        log.info("prepare: up to date, skipped (use --force to redo)")
+        return out
+    with run.step("prepare", key) as record:
+        raw = load_raw(cfg.dataset, cfg.data_cache)
+        counts = prepare_tables(raw, cfg.dataset, out)
+        data = load_prepared(out)
+        ctr = build_ctr_samples(data, cfg.protocol.ctr)
+        save_ctr_samples(ctr, out / CTR_SAMPLES_FILE)
+        topk = build_topk_split(data, cfg.protocol.topk)
+        prepared = {name: out / name for name in (*PREPARED_FILES, CTR_SAMPLES_FILE)}
+        card = build_card(data, ctr, topk, raw.sources, prepared, section)
+        write_card(card, out)
+        record.outputs = [f"{DATA_DIR}/{name}" for name in (*PREPARED_FILES, CTR_SAMPLES_FILE, "card.json", "card.md")]
+        record.metrics = counts
+    return out
+
+
+def load_data(run: RunDir) -> tuple[SequenceData, CTRSamples, TopKSplit]:
+    """The prepared data and both protocols' splits of a run."""
+    folder = run.root / DATA_DIR
+    data = load_prepared(folder)
+    return data, load_ctr_samples(folder / CTR_SAMPLES_FILE), build_topk_split(data, run.config.protocol.topk)
+
+
+def _protocol_text(cfg: RunConfig) -> str:
+    if cfg.protocol.name == "ctr":
+        p = cfg.protocol.ctr
+        return (
+            f"ctr: every event with >= {p.min_hist} earlier events is a sample; history = previous {p.max_len} events with their ratings; "
+            f"label = rating >= {p.label_threshold}; per user the last {p.test_frac:.0%} of samples are test, the {p.valid_frac:.0%} before valid. "
+            "Model selection on valid AUC only."
+        )
+    p = cfg.protocol.topk
+    return (
+        f"topk: leave-one-out by time (last event test, second-to-last valid), ranked against the full catalogue "
+        f"({'earlier items masked' if p.exclude_seen else 'no masking of earlier items'}); history = previous {p.max_len} events. "
+        f"Model selection on valid NDCG@{p.ks[0]} only."
+    )
+
+
+def train(run: RunDir, force: bool = False) -> dict[str, Any]:
+    """Train the configured model for every seed (finished seeds are skipped), then aggregate and report."""
+    from reaseq.rank.ctr import run_ctr
+    from reaseq.rank.topk import run_topk
+
+    cfg = run.config
+    data, ctr, topk = load_data(run)
+    section = {"model": cfg.model.model_dump(), "train": cfg.train.model_dump(exclude={"seeds", "progress"}), "protocol": cfg.protocol.name}
+    inputs = [run.root / DATA_DIR / name for name in (*PREPARED_FILES, CTR_SAMPLES_FILE)]
+    rows = []
+    for seed in cfg.train.seeds:
+        name = f"train_seed{seed}"
+        key = run.step_key(name, section, inputs)
+        seed_dir = run.root / "train" / f"seed{seed}"
+        if not force and run.is_done(name, key):
+            log.info("%s: up to date, skipped", name)
+            rows.append(_read_json(seed_dir / "result.json"))
+            continue
+        with run.step(name, key) as record:
+            seed_dir.mkdir(parents=True, exist_ok=True)
+            if cfg.protocol.name == "ctr":
+                result = run_ctr(data, ctr, cfg, seed, seed_dir)
+            else:
+                result = run_topk(topk, cfg, seed, seed_dir)
+            write_json(seed_dir / "result.json", result)
+            record.outputs = [f"train/seed{seed}/result.json"]
+            record.metrics = result["test"]["metrics"]
+        rows.append(result)
+    summary = summarise(cfg, rows)
+    write_json(run.root / "metrics.json", summary)
+    write_report(run.root, f"{cfg.dataset.name} {cfg.protocol.name}: {cfg.model.name}", summary["test"], rows[0]["test"]["slices"], rows[0]["curves"], _protocol_text(cfg))
+    return summary
+
+
+def summarise(cfg: RunConfig, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean and sd over seeds of valid and test metrics, with throughput."""
+    return {
+        "dataset": cfg.dataset.name,
+        "protocol": cfg.protocol.name,
+        "protocol_text": _protocol_text(cfg),
+        "model": cfg.model.name,
+        "seeds": [r["seed"] for r in rows],
+        "valid": aggregate_runs([r["valid"]["metrics"] for r in rows]),
+        "test": aggregate_runs([r["test"]["metrics"] for r in rows]),
+        "best_epochs": [r["best_epoch"] for r in rows],
+        "train_samples_per_s": sum(r["train_samples_per_s"] for r in rows) / len(rows),
+        "wall_s": sum(r["wall_s"] for r in rows),
+    }
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    import json
+
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def evaluate(run: RunDir) -> dict[str, Any]:
+    """Re-score the test split with the saved checkpoints and write evaluation.json + report."""
+    from reaseq.rank.ctr import ctr_report, predict_ctr
+    from reaseq.data.batches import CTRBatcher, item_train_counts
+    from reaseq.data.protocols import TRAIN
+    from reaseq.rank.models.din import build_din
+    from reaseq.rank.models.sasrec import build_sasrec
+    from reaseq.rank.topk import rank_targets, topk_report
+    import numpy as np
+
+    cfg = run.config
+    data, ctr, topk = load_data(run)
+    results = []
+    for seed in cfg.train.seeds:
+        checkpoint = run.root / "train" / f"seed{seed}" / "model.pt"
+        if cfg.model.name == "popularity":
+            raise ValueError("the popularity baseline has no checkpoint; `reaseq train` already reports its test metrics")
+        if not checkpoint.exists():
+            raise FileNotFoundError(f"{checkpoint} is missing: run `reaseq train` with this config first")
+        state = torch.load(checkpoint, weights_only=True)["state_dict"]
+        if cfg.protocol.name == "ctr":
+            model = build_din(data, cfg.model)
+            model.load_state_dict(state)
+            test = ctr.of(TEST)
+            probs = predict_ctr(model, CTRBatcher(data, cfg.protocol.ctr.max_len), test, cfg.train.eval_batch_size)
+            item_pop = item_train_counts(data, np.unique(ctr.of(TRAIN).pos))
+            results.append({"seed": seed, "test": ctr_report(data, test, probs, item_pop, cfg)})
+        else:
+            net = build_sasrec(topk.data, cfg.protocol.topk.max_len, cfg.model)
+            net.load_state_dict(state)
+            net.eval()
+            ranks = rank_targets(lambda seq: net(seq), topk, TEST, cfg)
+            item_pop = np.bincount(topk.data.items[topk.train_mask()], minlength=topk.data.n_items + 1)
+            results.append({"seed": seed, "test": topk_report(topk, ranks, TEST, item_pop, cfg)})
+    summary = {"protocol_text": _protocol_text(cfg), "seeds": cfg.train.seeds, "test": aggregate_runs([r["test"]["metrics"] for r in results])}
+    write_json(run.root / "evaluation.json", summary)
+    write_report(run.root / "evaluation", f"{cfg.dataset.name} {cfg.protocol.name}: {cfg.model.name} (re-evaluated)", summary["test"], results[0]["test"]["slices"], None, _protocol_text(cfg))
+    return summary

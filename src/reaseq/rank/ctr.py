@@ -1,0 +1,114 @@
+"""Train and evaluate rankers on the `ctr` protocol."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from reaseq.config import RunConfig
+from reaseq.data.batches import CTRBatcher, history_lengths, item_train_counts
+from reaseq.data.dataset import SequenceData
+from reaseq.data.protocols import TEST, TRAIN, VALID, CTRSamples
+from reaseq.evaluate.metrics import ctr_metrics
+from reaseq.evaluate.slices import ctr_slices
+from reaseq.rank.fit import FitResult, fit
+from reaseq.rank.models.din import build_din
+from reaseq.rank.models.popularity import PopularityCTR
+
+log = logging.getLogger("reaseq")
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed torch and numpy; return a generator for data order."""
+    torch.manual_seed(seed)
+    np.random.seed(seed % (2**32))
+    return torch.Generator().manual_seed(seed)
+
+
+def predict_ctr(model: nn.Module, batcher: CTRBatcher, samples: CTRSamples, batch_size: int) -> np.ndarray:
+    """Click probabilities for the samples, in order."""
+    model.eval()
+    out = []
+    with torch.no_grad():
+        for batch in batcher.iterate(samples, batch_size):
+            out.append(torch.sigmoid(model(batch)))
+    return torch.cat(out).numpy() if out else np.zeros(0, np.float32)
+
+
+def ctr_report(data: SequenceData, samples: CTRSamples, probs: np.ndarray, item_pop: np.ndarray, cfg: RunConfig) -> dict[str, Any]:
+    """Headline metrics and the history-length / item-popularity slices of one split."""
+    return {
+        "metrics": ctr_metrics(samples.user, samples.label, probs),
+        "slices": ctr_slices(
+            samples.user, samples.label, probs, history_lengths(data, samples), item_pop[samples.item],
+            cfg.evaluate.history_buckets, cfg.evaluate.popularity_buckets,
+        ),
+    }
+
+
+def train_ctr_epoch(model: nn.Module, batcher: CTRBatcher, samples: CTRSamples, optimizer: torch.optim.Optimizer, cfg: RunConfig, generator: torch.Generator, epoch: int) -> tuple[float, int]:
+    """One pass over the training samples; returns (mean loss, samples seen)."""
+    loss_fn = nn.BCEWithLogitsLoss()
+    total, batches = 0.0, 0
+    n_batches = (len(samples) + cfg.train.batch_size - 1) // cfg.train.batch_size
+    progress = tqdm(batcher.iterate(samples, cfg.train.batch_size, shuffle=True, generator=generator), total=n_batches, desc=f"epoch {epoch}", disable=not cfg.train.progress, leave=False)
+    for batch in progress:
+        loss = loss_fn(model(batch), batch["label"])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total += loss.item()
+        batches += 1
+        if batches % 50 == 0:
+            progress.set_postfix(loss=f"{total / batches:.4f}")
+    return total / max(batches, 1), len(samples)
+
+
+def run_ctr(data: SequenceData, samples: CTRSamples, cfg: RunConfig, seed: int, out_dir: Path | None = None) -> dict[str, Any]:
+    """Fit one model on train, select on valid, report valid and test; the result row of one seed."""
+    started = time.perf_counter()
+    if cfg.train.num_threads:
+        torch.set_num_threads(cfg.train.num_threads)
+    generator = seed_everything(seed)
+    train, valid, test = samples.of(TRAIN), samples.of(VALID), samples.of(TEST)
+    item_pop = item_train_counts(data, np.unique(train.pos))
+    fit_result = FitResult()
+
+    if cfg.model.name == "popularity":
+        model = PopularityCTR(data.n_items).fit(train.item, train.label)
+        valid_probs, test_probs = model.predict(valid.item), model.predict(test.item)
+    elif cfg.model.name == "din":
+        model = build_din(data, cfg.model)
+        batcher = CTRBatcher(data, cfg.protocol.ctr.max_len)
+        optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+
+        def validate() -> float:
+            return ctr_metrics(valid.user, valid.label, predict_ctr(model, batcher, valid, cfg.train.eval_batch_size))["auc"]
+
+        checkpoint = out_dir / "model.pt" if out_dir else None
+        fit_result = fit(model, lambda epoch: train_ctr_epoch(model, batcher, train, optimizer, cfg, generator, epoch), validate, cfg.train, checkpoint)
+        valid_probs = predict_ctr(model, batcher, valid, cfg.train.eval_batch_size)
+        test_probs = predict_ctr(model, batcher, test, cfg.train.eval_batch_size)
+    else:
+        raise ValueError(f"model '{cfg.model.name}' is not a ctr model; use popularity or din")
+
+    return {
+        "model": cfg.model.name,
+        "seed": seed,
+        "valid": ctr_report(data, valid, valid_probs, item_pop, cfg),
+        "test": ctr_report(data, test, test_probs, item_pop, cfg),
+        "best_epoch": fit_result.best_epoch,
+        "epochs_run": fit_result.epochs_run,
+        "curves": fit_result.curves,
+        "train_samples": len(train),
+        "train_samples_per_s": fit_result.train_samples_per_s,
+        "train_seconds": fit_result.train_seconds,
+        "wall_s": time.perf_counter() - started,
+    }

@@ -1,0 +1,48 @@
+"""DIN: target attention over the user's behaviour sequence (Zhou et al., 2018), ID and side features."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from reaseq.config import ModelConfig
+from reaseq.data.dataset import SequenceData
+from reaseq.rank.models.item_encoder import ItemEncoder, build_item_encoder
+from reaseq.rank.models.layers import MLP, TargetAttention
+
+
+class DIN(nn.Module):
+    """Scores (user, history, target item) -> click logit."""
+
+    def __init__(self, item_encoder: ItemEncoder, n_actions: int, user_features: torch.Tensor, user_feature_sizes: list[int], cfg: ModelConfig) -> None:
+        super().__init__()
+        dim = item_encoder.out_dim
+        self.item_encoder = item_encoder
+        self.action_embedding = nn.Embedding(n_actions + 1, dim, padding_idx=0) if cfg.use_history_ratings else None
+        self.register_buffer("user_features", user_features, persistent=False)  # [n_users, F]
+        self.user_embeddings = nn.ModuleList(nn.Embedding(size + 1, cfg.embedding_dim, padding_idx=0) for size in user_feature_sizes)
+        self.attention = TargetAttention(dim, cfg.attention_hidden, softmax=cfg.attention_softmax)
+        user_dim = cfg.embedding_dim * len(user_feature_sizes)
+        self.mlp = MLP(3 * dim + user_dim, cfg.mlp_hidden, cfg.dropout, out_dim=1)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        target = self.item_encoder(batch["item"])  # [B, D]
+        history = self.item_encoder(batch["hist_items"])  # [B, L, D]
+        mask = batch["hist_items"] > 0  # [B, L]
+        if self.action_embedding is not None:
+            history = history + self.action_embedding(batch["hist_actions"])
+        pooled = self.attention(target, history, mask)  # [B, D]
+        mean = history.sum(1) / mask.sum(1, keepdim=True).clamp(min=1)  # [B, D] the user's overall taste
+        features = [target, pooled, mean]
+        if self.user_embeddings:
+            codes = self.user_features[batch["user"]]  # [B, F]
+            features += [emb(codes[:, i]) for i, emb in enumerate(self.user_embeddings)]
+        return self.mlp(torch.cat(features, dim=-1)).squeeze(-1)  # [B] logits
+
+
+def build_din(data: SequenceData, cfg: ModelConfig) -> DIN:
+    """DIN over the dataset's items, actions and user features as the config enables them."""
+    encoder = build_item_encoder(data, cfg.embedding_dim, cfg.use_item_features, cfg.item_fusion)
+    use_users = cfg.use_user_features and data.user_features.shape[1] > 0
+    sizes = data.user_feature_sizes if use_users else []
+    return DIN(encoder, data.n_actions, torch.from_numpy(data.user_features), sizes, cfg)

@@ -1,0 +1,81 @@
+"""Item representation as a sum (or concatenation) of switchable parts (ID, genres, year; RER adds knowledge and semantic IDs)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from reaseq.data.dataset import SequenceData
+
+
+class IdPart(nn.Module):
+    """A learned embedding per item id (0 = padding)."""
+
+    def __init__(self, n_items: int, dim: int) -> None:
+        super().__init__()
+        self.out_dim = dim
+        self.embedding = nn.Embedding(n_items + 1, dim, padding_idx=0)
+        nn.init.normal_(self.embedding.weight, std=0.02)
+        with torch.no_grad():
+            self.embedding.weight[0].zero_()
+
+    def forward(self, items: torch.Tensor) -> torch.Tensor:
+        return self.embedding(items)
+
+
+class GenrePart(nn.Module):
+    """Mean of the item's genre embeddings, looked up from a fixed item -> genres table."""
+
+    def __init__(self, item_genres: torch.Tensor, n_genres: int, dim: int) -> None:
+        super().__init__()
+        self.out_dim = dim
+        self.register_buffer("item_genres", item_genres, persistent=False)  # [n_items + 1, G]
+        self.embedding = nn.Embedding(n_genres + 1, dim, padding_idx=0)
+
+    def forward(self, items: torch.Tensor) -> torch.Tensor:
+        genres = self.item_genres[items]  # [..., G]
+        summed = self.embedding(genres).sum(-2)
+        count = (genres > 0).sum(-1, keepdim=True).clamp(min=1)
+        return summed / count
+
+
+class YearPart(nn.Module):
+    """An embedding of the item's release year (0 = unknown)."""
+
+    def __init__(self, item_year: torch.Tensor, n_years: int, dim: int) -> None:
+        super().__init__()
+        self.out_dim = dim
+        self.register_buffer("item_year", item_year, persistent=False)  # [n_items + 1]
+        self.embedding = nn.Embedding(n_years + 1, dim, padding_idx=0)
+
+    def forward(self, items: torch.Tensor) -> torch.Tensor:
+        return self.embedding(self.item_year[items])
+
+
+class ItemEncoder(nn.Module):
+    """Sums (or concatenates) the enabled parts; padding items map to zeros."""
+
+    def __init__(self, parts: dict[str, nn.Module], fusion: str = "sum") -> None:
+        super().__init__()
+        self.parts = nn.ModuleDict(parts)
+        self.fusion = fusion
+        dims = [part.out_dim for part in parts.values()]
+        if fusion == "sum" and len(set(dims)) > 1:
+            raise ValueError(f"sum fusion needs parts of one width, got {dims}")
+        self.out_dim = dims[0] if fusion == "sum" else sum(dims)
+
+    def forward(self, items: torch.Tensor) -> torch.Tensor:
+        # items [...] -> [..., out_dim]
+        vectors = [part(items) for part in self.parts.values()]
+        out = torch.stack(vectors).sum(0) if self.fusion == "sum" else torch.cat(vectors, dim=-1)
+        return out * (items > 0).unsqueeze(-1)
+
+
+def build_item_encoder(data: SequenceData, dim: int, use_item_features: bool, fusion: str = "sum") -> ItemEncoder:
+    """ID embedding plus, when enabled and present in the data, genre and year embeddings."""
+    parts: dict[str, nn.Module] = {"id": IdPart(data.n_items, dim)}
+    if use_item_features and data.n_genres:
+        parts["genre"] = GenrePart(torch.from_numpy(data.item_genres), data.n_genres, dim)
+    if use_item_features and data.n_years:
+        parts["year"] = YearPart(torch.from_numpy(data.item_year), data.n_years, dim)
+    return ItemEncoder(parts, fusion)
