@@ -71,6 +71,9 @@ def parse_args(argv=None):
     p.add_argument("--patience", type=int, default=2,
                    help="stop after this many epochs without a strictly better valid metric")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--predictions", default=None,
+                   help="DIN only: write test (user, label, score) to this .npz so GAUC can be computed "
+                        "by the project's own evaluator")
     return p.parse_args(argv)
 
 
@@ -273,6 +276,8 @@ def main(argv=None):
 
     data_dir = os.path.abspath(args.data_dir)
     out_path = os.path.abspath(args.out)
+    if args.predictions:
+        args.predictions = os.path.abspath(args.predictions)  # the runner changes directory below
     ds_dir = os.path.join(data_dir, args.dataset)
 
     line_counts, empty_hist = {}, {}
@@ -397,6 +402,21 @@ def main(argv=None):
         test = {k.lower(): float(v) for k, v in test_result.items()}
         log.info("best epoch %d (valid %s %.4f); test %s", best_epoch, valid_metric,
                  best_score, test)
+        if args.predictions and args.model == "DIN":
+            # Same weights, same rows, in file order: GAUC needs per-sample scores RecBole does not report.
+            users, labels, scores = [], [], []
+            model.eval()
+            with torch.no_grad():
+                for batched in test_data:
+                    interaction = batched[0].to(config["device"])
+                    scores.append(model.predict(interaction).float().cpu().numpy())
+                    users.append(interaction["user_id"].cpu().numpy())
+                    labels.append(interaction["label"].cpu().numpy())
+            tmp = args.predictions + ".tmp.npz"
+            np.savez(tmp, user=np.concatenate(users), label=np.concatenate(labels),
+                     score=np.concatenate(scores))
+            os.replace(tmp, args.predictions)
+            log.info("wrote test predictions to %s", args.predictions)
 
         hp = {
             "learner": config["learner"],

@@ -74,7 +74,8 @@ def load_data(run: RunDir) -> tuple[SequenceData, CTRSamples, TopKSplit]:
     return data, load_ctr_samples(folder / CTR_SAMPLES_FILE), build_topk_split(data, run.config.protocol.topk)
 
 
-def _protocol_text(cfg: RunConfig) -> str:
+def protocol_text(cfg: RunConfig) -> str:
+    """The protocol of a run in one paragraph, written next to every number."""
     if cfg.protocol.name == "ctr":
         p = cfg.protocol.ctr
         return (
@@ -120,7 +121,7 @@ def train(run: RunDir, force: bool = False) -> dict[str, Any]:
         rows.append(result)
     summary = summarise(cfg, rows)
     write_json(run.root / "metrics.json", summary)
-    write_report(run.root, f"{cfg.dataset.name} {cfg.protocol.name}: {cfg.model.name}", summary["test"], rows[0]["test"]["slices"], rows[0]["curves"], _protocol_text(cfg))
+    write_report(run.root, f"{cfg.dataset.name} {cfg.protocol.name}: {cfg.model.name}", summary["test"], rows[0]["test"]["slices"], rows[0]["curves"], protocol_text(cfg))
     return summary
 
 
@@ -129,7 +130,7 @@ def summarise(cfg: RunConfig, rows: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "dataset": cfg.dataset.name,
         "protocol": cfg.protocol.name,
-        "protocol_text": _protocol_text(cfg),
+        "protocol_text": protocol_text(cfg),
         "model": cfg.model.name,
         "seeds": [r["seed"] for r in rows],
         "valid": aggregate_runs([r["valid"]["metrics"] for r in rows]),
@@ -180,7 +181,7 @@ def evaluate(run: RunDir) -> dict[str, Any]:
             ranks = rank_targets(lambda seq: net(seq), topk, TEST, cfg)
             item_pop = np.bincount(topk.data.items[topk.train_mask()], minlength=topk.data.n_items + 1)
             results.append({"seed": seed, "test": topk_report(topk, ranks, TEST, item_pop, cfg)})
-    summary = {"protocol_text": _protocol_text(cfg), "seeds": cfg.train.seeds, "test": aggregate_runs([r["test"]["metrics"] for r in results])}
+    summary = {"protocol_text": protocol_text(cfg), "seeds": cfg.train.seeds, "test": aggregate_runs([r["test"]["metrics"] for r in results])}
     write_json(run.root / "evaluation.json", summary)
-    write_report(run.root / "evaluation", f"{cfg.dataset.name} {cfg.protocol.name}: {cfg.model.name} (re-evaluated)", summary["test"], results[0]["test"]["slices"], None, _protocol_text(cfg))
+    write_report(run.root / "evaluation", f"{cfg.dataset.name} {cfg.protocol.name}: {cfg.model.name} (re-evaluated)", summary["test"], results[0]["test"]["slices"], None, protocol_text(cfg))
     return summary

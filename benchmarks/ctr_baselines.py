@@ -1,0 +1,88 @@
+"""CTR baselines on one split: popularity, our DIN, and RecBole 1.2.1's DIN on the identical exported samples.
+
+    python benchmarks/ctr_baselines.py                      # ML-1M, 3 seeds, writes results/ml-1m_ctr_baselines.json
+    python benchmarks/ctr_baselines.py --skip-recbole       # without the peer
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import RESULTS, ROOT, cached, finish, make_row, open_run, run_recbole  # noqa: E402
+
+from reaseq import pipeline  # noqa: E402
+from reaseq.data.export_recbole import export_ctr  # noqa: E402
+from reaseq.evaluate.metrics import ctr_metrics  # noqa: E402
+from reaseq.rank.ctr import run_ctr  # noqa: E402
+
+METRICS = ["auc", "gauc", "logloss"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", type=Path, default=ROOT / "configs" / "ml-1m-ctr.yaml")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], help="config override, e.g. train.epochs=3")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[2024, 2025, 2026])
+    parser.add_argument("--recbole-seeds", type=int, nargs="+", default=[2024], help="RecBole DIN costs ~6 min/epoch on 2 cores")
+    parser.add_argument("--recbole-budget-s", type=float, default=1800.0, help="training+validation budget per RecBole seed")
+    parser.add_argument("--skip-recbole", action="store_true")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads for both systems")
+    parser.add_argument("--work-dir", type=Path, default=ROOT / "runs" / "bench" / "ctr")
+    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--force", action="store_true", help="recompute rows cached in --work-dir")
+    args = parser.parse_args()
+
+    run = open_run(args.config, [*args.overrides, f"train.num_threads={args.threads}"], args.work_dir / "run")
+    cfg = run.config
+    data, samples, _ = pipeline.load_data(run)
+    out = args.out or RESULTS / f"{cfg.dataset.name}_ctr_baselines.json"
+    rows_dir = args.work_dir / "rows"
+    rows = []
+
+    for model in ("popularity", "din"):
+        model_cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"name": model})})
+        results = [cached(rows_dir / f"{model}_seed{seed}.json", lambda: run_ctr(data, samples, model_cfg, seed), args.force) for seed in args.seeds]
+        rows.append(make_row(
+            model, [r["test"]["metrics"] for r in results], [r["train_samples_per_s"] for r in results], [r["wall_s"] for r in results],
+            best_epochs=[r["best_epoch"] for r in results], valid={m: [r["valid"]["metrics"][m] for r in results] for m in METRICS},
+            slices=results[0]["test"]["slices"],
+        ))
+        print(f"{model}: test auc {[round(r['test']['metrics']['auc'], 4) for r in results]}", file=sys.stderr)
+
+    if not args.skip_recbole:
+        name = f"{cfg.dataset.name}-ctr"
+        export_dir = args.work_dir / "recbole"
+        if not (export_dir / name / f"{name}.test.inter").exists() or args.force:
+            export_ctr(data, samples, cfg.protocol.ctr.max_len, export_dir, name)
+        per_seed, speeds, walls, native = [], [], [], []
+        for seed in args.recbole_seeds:
+            preds = rows_dir / f"recbole_din_seed{seed}.npz"
+            extra = ["--threads", str(args.threads), "--time-budget-s", str(args.recbole_budget_s), "--predictions", str(preds)]
+            result = cached(rows_dir / f"recbole_din_seed{seed}.json", lambda: run_recbole("DIN", export_dir, name, seed, rows_dir / f"recbole_din_seed{seed}.raw.json", extra), args.force)
+            scored = np.load(preds)
+            # GAUC is not a RecBole metric: score RecBole's own test predictions with our evaluator.
+            metrics = ctr_metrics(scored["user"], scored["label"], scored["score"])
+            per_seed.append(metrics)
+            speeds.append(result["train_samples_per_s"])
+            walls.append(result["wall_s"])
+            native.append({"auc": result["test"]["auc"], "logloss": result["test"]["logloss"], "epochs_run": result["epochs_run"], "best_epoch": result["best_epoch"], "stop_reason": result["stop_reason"]})
+        rows.append(make_row("recbole_din", per_seed, speeds, walls, recbole_reported=native, recbole_config=result["config"]))
+
+    din = next(r for r in rows if r["name"] == "din")
+    ratios = {}
+    peer = next((r for r in rows if r["name"] == "recbole_din"), None)
+    if peer:
+        ratios = {"din_vs_recbole_din_samples_per_s": din["train_samples_per_s"] / peer["train_samples_per_s"]}
+    protocol = {"name": "ctr", **cfg.protocol.ctr.model_dump(), "text": pipeline.protocol_text(cfg), "threads": args.threads, "din": cfg.model.model_dump(), "train": cfg.train.model_dump(exclude={"seeds", "progress"})}
+    finish("ctr_baselines", cfg, protocol, args.seeds, rows, METRICS, out, ratios=ratios, recbole_seeds=args.recbole_seeds)
+    if ratios:
+        print(f"DIN train samples/s: ours / RecBole = {ratios['din_vs_recbole_din_samples_per_s']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
