@@ -198,13 +198,6 @@ def test_failed_run_leaves_earlier_artifacts_intact(config_file: Path, tmp_path:
     assert invoke("evaluate", "-c", str(config_file)).exit_code == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="src bug: pipeline.train's step key holds model, train and protocol.name only; protocol.ctr.max_len, "
-    "protocol.topk.* and evaluate.* do not change it (nor the prepared files it hashes), so a changed setting reuses "
-    "the old seed results (remove this marker once the key covers them)",
-)
 def test_train_reruns_when_a_protocol_setting_it_uses_changes(config_file: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     assert invoke("train", "-c", str(config_file)).exit_code == 0
@@ -214,13 +207,6 @@ def test_train_reruns_when_a_protocol_setting_it_uses_changes(config_file: Path,
     assert manifest(run)["steps"]["train_seed0"]["started"] != started
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="src bug: prepare writes the canonical tables into data/ in place before the step is recorded; a failure "
-    "after prepare_tables leaves new tables beside the old ctr_samples/card while the manifest still marks the old "
-    "prepare as done (remove this marker once prepare stages its outputs)",
-)
 def test_prepare_failing_after_tables_are_written_leaves_data_consistent(config_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     run_root = tmp_path / "run"
     pipeline_module.prepare(RunDir(run_root, load_config(config_file)))

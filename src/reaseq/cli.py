@@ -21,9 +21,20 @@ RunDirOpt = Annotated[Optional[Path], typer.Option("--run-dir", "-r", help="Run 
 ForceOpt = Annotated[bool, typer.Option("--force", help="Redo steps even if the manifest says they are up to date.")]
 
 
-def _setup_logging(verbose: bool = False) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
-    logging.getLogger("reaseq").setLevel(logging.INFO)
+class _StderrHandler(logging.Handler):
+    """Writes to whatever sys.stderr is at the time, so repeated in-process invocations keep logging."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        sys.stderr.write(self.format(record) + "\n")
+
+
+def _setup_logging() -> None:
+    logger = logging.getLogger("reaseq")
+    logger.setLevel(logging.INFO)
+    if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", datefmt="%H:%M:%S"))
+        logger.addHandler(handler)
 
 
 def _open_run(config: Optional[Path], overrides: Optional[list[str]], run_dir: Optional[Path]):  # noqa: ANN202

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from reaseq.errors import ConfigError
 
@@ -51,7 +51,7 @@ class TopKProtocolConfig(Strict):
 
     max_len: int = 50
     min_rating: float | None = None  # keep only interactions rated at least this (None keeps all)
-    min_user_interactions: int = 3  # users need train + valid + test items
+    min_user_interactions: int = Field(3, ge=3)  # users need a train, a valid and a test event
     ks: list[int] = Field(default_factory=lambda: [10, 20])
     exclude_seen: bool = False  # mask the user's earlier items when ranking (RecBole's sequential models do not)
 
@@ -115,6 +115,17 @@ class RunConfig(Strict):
     train: TrainConfig = Field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
 
+    @model_validator(mode="after")
+    def _model_fits_protocol(self) -> RunConfig:
+        allowed = PROTOCOL_MODELS[self.protocol.name]
+        if self.model.name not in allowed:
+            raise ValueError(f"model '{self.model.name}' does not run on the {self.protocol.name} protocol; use one of {allowed}")
+        return self
+
+
+# Which rankers each protocol can train (later issues add their variants here).
+PROTOCOL_MODELS: dict[str, list[str]] = {"ctr": ["popularity", "din"], "topk": ["popularity", "sasrec"]}
+
 
 def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
     node = tree
@@ -147,6 +158,8 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
 def _describe(error: ValidationError, file: str) -> ConfigError:
     first = error.errors()[0]
     field = ".".join(str(p) for p in first["loc"])
+    if not first["loc"]:  # a cross-field check such as model/protocol compatibility
+        return ConfigError(file, "model.name", first["msg"].removeprefix("Value error, "), "set model.name to a model of that protocol, or change protocol.name")
     if first["type"] == "extra_forbidden":
         return ConfigError(file, field, f"unknown config key '{field}'", "remove it or fix its spelling; `reaseq config-schema` lists every key")
     return ConfigError(file, field, first["msg"], f"give '{field}' a valid value (got {first.get('input')!r})")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from reaseq.data.protocols import (
 )
 from reaseq.evaluate.aggregate import aggregate_runs
 from reaseq.evaluate.report import write_report
+from reaseq.errors import ConfigError, InputError
 from reaseq.io import write_json
 from reaseq.runs import RunDir
 
@@ -53,18 +55,32 @@ def prepare(run: RunDir, force: bool = False) -> Path:
         log.info("prepare: up to date, skipped (use --force to redo)")
         return out
     with run.step("prepare", key) as record:
+        # Everything is written to a staging folder and swapped in at the end: a crash leaves the old data whole.
+        staging = run.root / f".{DATA_DIR}.staging"
+        shutil.rmtree(staging, ignore_errors=True)
         raw = load_raw(cfg.dataset, cfg.data_cache)
-        counts = prepare_tables(raw, cfg.dataset, out)
-        data = load_prepared(out)
+        counts = prepare_tables(raw, cfg.dataset, staging)
+        data = load_prepared(staging)
         ctr = build_ctr_samples(data, cfg.protocol.ctr)
-        save_ctr_samples(ctr, out / CTR_SAMPLES_FILE)
+        save_ctr_samples(ctr, staging / CTR_SAMPLES_FILE)
         topk = build_topk_split(data, cfg.protocol.topk)
-        prepared = {name: out / name for name in (*PREPARED_FILES, CTR_SAMPLES_FILE)}
+        prepared = {name: staging / name for name in (*PREPARED_FILES, CTR_SAMPLES_FILE)}
         card = build_card(data, ctr, topk, raw.sources, prepared, section)
-        write_card(card, out)
+        write_card(card, staging)
+        swap_in(staging, out)
         record.outputs = [f"{DATA_DIR}/{name}" for name in (*PREPARED_FILES, CTR_SAMPLES_FILE, "card.json", "card.md")]
         record.metrics = counts
     return out
+
+
+def swap_in(staging: Path, target: Path) -> None:
+    """Replace the folder `target` by `staging` with renames only."""
+    old = target.with_name(f".{target.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if target.exists():
+        target.rename(old)
+    staging.rename(target)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def load_data(run: RunDir) -> tuple[SequenceData, CTRSamples, TopKSplit]:
@@ -98,7 +114,13 @@ def train(run: RunDir, force: bool = False) -> dict[str, Any]:
 
     cfg = run.config
     data, ctr, topk = load_data(run)
-    section = {"model": cfg.model.model_dump(), "train": cfg.train.model_dump(exclude={"seeds", "progress"}), "protocol": cfg.protocol.name}
+    active = cfg.protocol.ctr if cfg.protocol.name == "ctr" else cfg.protocol.topk
+    section = {
+        "model": cfg.model.model_dump(),
+        "train": cfg.train.model_dump(exclude={"seeds", "progress"}),
+        "protocol": {"name": cfg.protocol.name, **active.model_dump()},
+        "evaluate": cfg.evaluate.model_dump(),
+    }
     inputs = [run.root / DATA_DIR / name for name in (*PREPARED_FILES, CTR_SAMPLES_FILE)]
     rows = []
     for seed in cfg.train.seeds:
@@ -116,7 +138,7 @@ def train(run: RunDir, force: bool = False) -> dict[str, Any]:
             else:
                 result = run_topk(topk, cfg, seed, seed_dir)
             write_json(seed_dir / "result.json", result)
-            record.outputs = [f"train/seed{seed}/result.json"]
+            record.outputs = [f"train/seed{seed}/result.json"] + ([f"train/seed{seed}/model.pt"] if (seed_dir / "model.pt").exists() else [])
             record.metrics = result["test"]["metrics"]
         rows.append(result)
     summary = summarise(cfg, rows)
@@ -158,14 +180,16 @@ def evaluate(run: RunDir) -> dict[str, Any]:
     import numpy as np
 
     cfg = run.config
+    if not (run.root / DATA_DIR / "vocab.json").exists():
+        raise InputError(run.root / DATA_DIR, "vocab.json", "this run has no prepared data", "run `reaseq train` (or `reaseq prepare`) with this config first")
     data, ctr, topk = load_data(run)
     results = []
     for seed in cfg.train.seeds:
         checkpoint = run.root / "train" / f"seed{seed}" / "model.pt"
         if cfg.model.name == "popularity":
-            raise ValueError("the popularity baseline has no checkpoint; `reaseq train` already reports its test metrics")
+            raise ConfigError(None, "model.name", "the popularity baseline has no checkpoint to re-score", "read its test metrics from metrics.json written by `reaseq train`")
         if not checkpoint.exists():
-            raise FileNotFoundError(f"{checkpoint} is missing: run `reaseq train` with this config first")
+            raise InputError(checkpoint, "model.pt", "the checkpoint is missing", "run `reaseq train` with this config (and --run-dir) first")
         state = torch.load(checkpoint, weights_only=True)["state_dict"]
         if cfg.protocol.name == "ctr":
             model = build_din(data, cfg.model)

@@ -72,10 +72,11 @@ class RunDir:
         handler = logging.FileHandler(self.root / "run.log", encoding="utf-8")
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
         root_logger = logging.getLogger("reaseq")
-        # One file handler per run folder, even when several RunDir objects open the same folder.
+        # Only the run opened last logs to a file: a process running several runs keeps their logs apart.
         for existing in list(root_logger.handlers):
-            if isinstance(existing, logging.FileHandler) and Path(existing.baseFilename) == (self.root / "run.log").resolve():
+            if isinstance(existing, logging.FileHandler):
                 root_logger.removeHandler(existing)
+                existing.close()
         root_logger.addHandler(handler)
 
     def path(self, *parts: str) -> Path:

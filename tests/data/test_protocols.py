@@ -220,13 +220,6 @@ def test_topk_min_rating_and_min_user_interactions(synthetic: Synthetic, prepare
             assert item_raw[filtered.items[pos]] == latest[user_raw[u]]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="src bug: protocol.topk.min_user_interactions accepts values < 2; a user with one event then gets "
-    "valid_pos = offsets[u] - 1, another user's row (row -1 for user 0), and train_mask() covers every target "
-    "(remove this marker once the config rejects it or build_topk_split clamps it)",
-)
 def test_topk_never_takes_a_target_from_another_user(tmp_path: Path) -> None:
     synthetic = make_synthetic(tmp_path / "one", n_users=3, short_users={0: 1, 1: 4})
     cfg = RunConfig.model_validate({"dataset": {"name": "synth", "loader": "recbole_atomic", "path": str(synthetic.folder)}})

@@ -30,7 +30,7 @@ class DIN(nn.Module):
         history = self.item_encoder(batch["hist_items"])  # [B, L, D]
         mask = batch["hist_items"] > 0  # [B, L]
         if self.action_embedding is not None:
-            history = history + self.action_embedding(batch["hist_actions"])
+            history = history + self.action_embedding(batch["hist_actions"]) * mask.unsqueeze(-1)
         pooled = self.attention(target, history, mask)  # [B, D]
         mean = history.sum(1) / mask.sum(1, keepdim=True).clamp(min=1)  # [B, D] the user's overall taste
         features = [target, pooled, mean]
