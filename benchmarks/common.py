@@ -14,7 +14,7 @@ from typing import Any, Callable
 from reaseq import pipeline
 from reaseq.config import RunConfig, load_config
 from reaseq.evaluate.aggregate import aggregate_runs
-from reaseq.evaluate.results import benchmark_record, markdown_table, write_json_atomic
+from reaseq.evaluate.results import benchmark_record, markdown_table
 from reaseq.io import write_json
 from reaseq.runs import RunDir
 
@@ -75,7 +75,7 @@ def finish(name: str, cfg: RunConfig, protocol: dict[str, Any], seeds: list[int]
     """Write the benchmark JSON and print its table."""
     record = benchmark_record(name, command_line(), cfg.dataset.name, protocol, seeds, rows)
     record.update(extra)
-    write_json_atomic(out, record)
+    write_json(out, record)
     print(markdown_table(record, metrics))
     print(f"\nwrote {out}")
     return record

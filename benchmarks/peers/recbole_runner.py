@@ -299,7 +299,7 @@ def main(argv=None):
 
     import recbole
     from recbole.data import create_dataset, data_preparation
-    from recbole.utils import calculate_valid_score, get_model, get_trainer, init_seed
+    from recbole.utils import get_model, get_trainer, init_seed
 
     # RecBole writes log_tensorboard/ and a checkpoint dir relative to the cwd: keep them out
     # of the caller's tree.

@@ -12,7 +12,8 @@ import pytest
 from reaseq.evaluate.aggregate import aggregate_runs, format_mean_sd, mean_sd
 from reaseq.evaluate.metrics import ctr_metrics, topk_metrics
 from reaseq.evaluate.report import write_report
-from reaseq.evaluate.results import benchmark_record, markdown_table, write_json_atomic
+from reaseq.evaluate.results import benchmark_record, markdown_table
+from reaseq.io import write_json as write_json_atomic
 from reaseq.evaluate.slices import assign_buckets, bucket_labels, ctr_slices, slice_metrics, topk_slices
 
 

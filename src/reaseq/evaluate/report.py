@@ -13,7 +13,7 @@ from typing import Any
 from matplotlib.figure import Figure
 
 from reaseq.evaluate.aggregate import format_mean_sd
-from reaseq.evaluate.results import write_text_atomic, write_with_atomic
+from reaseq.io import write_text, write_with
 
 CURVES_PNG = "curves.png"
 # Slice bars show the first of these a slice reports, unless the caller names one.
@@ -89,7 +89,7 @@ def _pick_bar_metric(columns: Sequence[str], requested: str | None) -> str | Non
 
 def _save_figure(figure: Figure, path: Path, dpi: int) -> None:
     figure.tight_layout()
-    write_with_atomic(path, lambda tmp: figure.savefig(tmp, format="png", dpi=dpi))
+    write_with(path, lambda tmp: figure.savefig(tmp, format="png", dpi=dpi))
 
 
 def _plot_slice(path: Path, slicing: str, rows: Sequence[Mapping[str, Any]], metric: str, dpi: int) -> None:
@@ -227,5 +227,5 @@ def write_report(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     blocks = _build(out_dir, title, metrics, slices, curves, protocol, notes, bar_metric, digits, dpi)
-    write_text_atomic(out_dir / "report.html", _html(title, blocks))
-    return write_text_atomic(out_dir / "report.md", _markdown(blocks))
+    write_text(out_dir / "report.html", _html(title, blocks))
+    return write_text(out_dir / "report.md", _markdown(blocks))
