@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shlex
 import subprocess
@@ -17,6 +18,8 @@ from reaseq.evaluate.aggregate import aggregate_runs
 from reaseq.evaluate.results import benchmark_record, markdown_table
 from reaseq.io import write_json
 from reaseq.runs import RunDir
+
+logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"

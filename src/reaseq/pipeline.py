@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from reaseq.config import RunConfig
+from reaseq.data.batches import CTRBatcher, item_train_counts
 from reaseq.data.card import build_card, write_card
 from reaseq.data.dataset import SequenceData, load_prepared
 from reaseq.data.prepare import PREPARED_FILES, prepare_tables
 from reaseq.data.protocols import (
     TEST,
+    TRAIN,
     CTRSamples,
     TopKSplit,
     build_ctr_samples,
@@ -26,17 +30,25 @@ from reaseq.evaluate.aggregate import aggregate_runs
 from reaseq.evaluate.report import write_report
 from reaseq.errors import ConfigError, InputError
 from reaseq.io import write_json
+from reaseq.rank.ctr import ctr_report, predict_ctr, run_ctr
+from reaseq.rank.models.din import build_din
+from reaseq.rank.models.sasrec import build_sasrec
+from reaseq.rank.topk import rank_targets, run_topk, topk_report
 from reaseq.runs import RunDir
 
 log = logging.getLogger("reaseq")
 
 DATA_DIR = "data"
 CTR_SAMPLES_FILE = "ctr_samples.parquet"
-HEADLINE = {"ctr": ["auc", "gauc", "logloss"], "topk": ["hr@10", "ndcg@10", "hr@20", "ndcg@20", "mrr"]}
 
 
 def _source_files(cfg: RunConfig) -> list[Path]:
+    """The files a dataset is read from; their hashes are part of the prepare step's key."""
     path = cfg.dataset.path
+    if cfg.dataset.loader == "embedded":
+        from reaseq.data.fetch import embedded_path  # fetches (checksum-verified) on first use
+
+        path = embedded_path(cfg.dataset.name, cfg.data_cache)
     if path is None:
         return []
     path = Path(path)
@@ -109,9 +121,6 @@ def protocol_text(cfg: RunConfig) -> str:
 
 def train(run: RunDir, force: bool = False) -> dict[str, Any]:
     """Train the configured model for every seed (finished seeds are skipped), then aggregate and report."""
-    from reaseq.rank.ctr import run_ctr
-    from reaseq.rank.topk import run_topk
-
     cfg = run.config
     data, ctr, topk = load_data(run)
     active = cfg.protocol.ctr if cfg.protocol.name == "ctr" else cfg.protocol.topk
@@ -164,21 +173,11 @@ def summarise(cfg: RunConfig, rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _read_json(path: Path) -> dict[str, Any]:
-    import json
-
     return json.loads(path.read_text(encoding="utf-8"))
 
 
 def evaluate(run: RunDir) -> dict[str, Any]:
     """Re-score the test split with the saved checkpoints and write evaluation.json + report."""
-    from reaseq.rank.ctr import ctr_report, predict_ctr
-    from reaseq.data.batches import CTRBatcher, item_train_counts
-    from reaseq.data.protocols import TRAIN
-    from reaseq.rank.models.din import build_din
-    from reaseq.rank.models.sasrec import build_sasrec
-    from reaseq.rank.topk import rank_targets, topk_report
-    import numpy as np
-
     cfg = run.config
     if not (run.root / DATA_DIR / "vocab.json").exists():
         raise InputError(run.root / DATA_DIR, "vocab.json", "this run has no prepared data", "run `reaseq train` (or `reaseq prepare`) with this config first")

@@ -57,6 +57,7 @@ class RunDir:
         self.config = config
         self.manifest_path = self.root / "manifest.json"
         self.manifest: dict[str, Any] = self._read_manifest()
+        self._input_hashes: dict[str, dict[str, str]] = {}  # step -> input file -> sha256, for the manifest
         write_text(self.root / "config.yaml", dump_config(config))
         self._attach_log()
 
@@ -87,16 +88,9 @@ class RunDir:
 
     def step_key(self, name: str, config_section: Any, inputs: list[Path]) -> str:
         """Hash of a step's config section and input files: equal keys mean equal results."""
-        payload = json.dumps(
-            {
-                "step": name,
-                "config": config_section,
-                "inputs": {str(p.name): sha256_file(p) for p in sorted(inputs)},
-                "version": __version__,
-            },
-            sort_keys=True,
-            default=str,
-        )
+        hashes = {str(p.name): sha256_file(p) for p in sorted(inputs)}
+        self._input_hashes[name] = hashes
+        payload = json.dumps({"step": name, "config": config_section, "inputs": hashes, "version": __version__}, sort_keys=True, default=str)
         return sha256_text(payload)
 
     def is_done(self, name: str, key: str) -> bool:
@@ -116,6 +110,7 @@ class RunDir:
         record.wall_s = round(time.perf_counter() - start, 3)
         self.manifest["steps"][name] = {
             "key": record.key,
+            "inputs": self._input_hashes.get(name, {}),
             "outputs": record.outputs,
             "started": record.started,
             "wall_s": record.wall_s,
