@@ -8,7 +8,7 @@ from pathlib import Path
 import polars as pl
 
 from reaseq.config import DatasetConfig
-from reaseq.data.loaders import UTF8_FIX, first_invalid_utf8, open_binary, parse_numbers, polars_error, require_file
+from reaseq.data.loaders.reading import UTF8_FIX, first_invalid_utf8, open_binary, parse_numbers, polars_error, require_file
 from reaseq.data.tables import RawTables
 from reaseq.errors import InputError
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import polars as pl
 
 from reaseq.config import DatasetConfig
-from reaseq.data.loaders import items_from_interactions, missing_column, null_ratings, parse_numbers, read_table, require_file, split_list
+from reaseq.data.loaders.reading import items_from_interactions, missing_column, null_ratings, parse_numbers, read_table, require_file, split_list
 from reaseq.data.tables import RawTables
 from reaseq.errors import InputError
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import polars as pl
 
 from reaseq.config import DatasetConfig
-from reaseq.data.loaders import describe_read_error, null_ratings, parse_numbers, require_file
+from reaseq.data.loaders.reading import describe_read_error, null_ratings, parse_numbers, require_file
 from reaseq.data.tables import RawTables
 from reaseq.errors import InputError
 
