@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import os
@@ -30,6 +31,27 @@ RECBOLE_RUNNER = ROOT / "benchmarks" / "peers" / "recbole_runner.py"
 def command_line() -> str:
     """The command that reproduces this benchmark, as typed."""
     return " ".join(shlex.quote(a) for a in [f"python {Path(sys.argv[0]).relative_to(ROOT) if Path(sys.argv[0]).is_absolute() else sys.argv[0]}", *sys.argv[1:]])
+
+
+def peer_parser(description: str, config: str, work: str, recbole_cost: str) -> argparse.ArgumentParser:
+    """The arguments every "ours beside RecBole" benchmark takes."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--config", type=Path, default=ROOT / "configs" / config)
+    parser.add_argument("--set", dest="overrides", action="append", default=[], help="config override, e.g. train.epochs=3")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[2024, 2025, 2026])
+    parser.add_argument("--recbole-seeds", type=int, nargs="+", default=[2024], help=f"RecBole costs {recbole_cost} on 2 cores")
+    parser.add_argument("--recbole-budget-s", type=float, default=1800.0, help="training+validation budget per RecBole seed")
+    parser.add_argument("--skip-recbole", action="store_true")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads for both systems")
+    parser.add_argument("--work-dir", type=Path, default=ROOT / "runs" / "bench" / work)
+    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--force", action="store_true", help="recompute rows cached in --work-dir")
+    return parser
+
+
+def with_model(cfg: RunConfig, name: str) -> RunConfig:
+    """The same config with another model name."""
+    return cfg.model_copy(update={"model": cfg.model.model_copy(update={"name": name})})
 
 
 def open_run(config: Path, overrides: list[str], run_dir: Path) -> RunDir:

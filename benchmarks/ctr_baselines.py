@@ -6,14 +6,13 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, ROOT, cached, finish, make_row, open_run, run_recbole  # noqa: E402
+from common import RESULTS, cached, finish, make_row, open_run, peer_parser, run_recbole, with_model  # noqa: E402
 
 from reaseq import pipeline  # noqa: E402
 from reaseq.data.export_recbole import export_ctr  # noqa: E402
@@ -24,17 +23,7 @@ METRICS = ["auc", "gauc", "logloss"]
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", type=Path, default=ROOT / "configs" / "ml-1m-ctr.yaml")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], help="config override, e.g. train.epochs=3")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[2024, 2025, 2026])
-    parser.add_argument("--recbole-seeds", type=int, nargs="+", default=[2024], help="RecBole DIN costs ~6 min/epoch on 2 cores")
-    parser.add_argument("--recbole-budget-s", type=float, default=1800.0, help="training+validation budget per RecBole seed")
-    parser.add_argument("--skip-recbole", action="store_true")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads for both systems")
-    parser.add_argument("--work-dir", type=Path, default=ROOT / "runs" / "bench" / "ctr")
-    parser.add_argument("--out", type=Path, default=None)
-    parser.add_argument("--force", action="store_true", help="recompute rows cached in --work-dir")
+    parser = peer_parser(__doc__.split("\n\n")[0], "ml-1m-ctr.yaml", "ctr", "~6 min per DIN epoch")
     args = parser.parse_args()
 
     run = open_run(args.config, [*args.overrides, f"train.num_threads={args.threads}"], args.work_dir / "run")
@@ -45,7 +34,7 @@ def main() -> None:
     rows = []
 
     for model in ("popularity", "din"):
-        model_cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"name": model})})
+        model_cfg = with_model(cfg, model)
         results = [cached(rows_dir / f"{model}_seed{seed}.json", lambda: run_ctr(data, samples, model_cfg, seed), args.force) for seed in args.seeds]
         rows.append(make_row(
             model, [r["test"]["metrics"] for r in results], [r["train_samples_per_s"] for r in results], [r["wall_s"] for r in results],

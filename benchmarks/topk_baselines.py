@@ -6,12 +6,11 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, ROOT, cached, finish, make_row, open_run, run_recbole  # noqa: E402
+from common import RESULTS, cached, finish, make_row, open_run, peer_parser, run_recbole, with_model  # noqa: E402
 
 from reaseq import pipeline  # noqa: E402
 from reaseq.data.export_recbole import export_topk  # noqa: E402
@@ -23,18 +22,8 @@ RECBOLE_NAMES = {"hr@10": "hit@10", "ndcg@10": "ndcg@10", "hr@20": "hit@20", "nd
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", type=Path, default=ROOT / "configs" / "ml-1m-topk.yaml")
-    parser.add_argument("--set", dest="overrides", action="append", default=[])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[2024, 2025, 2026])
-    parser.add_argument("--recbole-seeds", type=int, nargs="+", default=[2024], help="RecBole SASRec costs ~20 min/epoch on 2 cores")
-    parser.add_argument("--recbole-budget-s", type=float, default=1800.0)
+    parser = peer_parser(__doc__.split("\n\n")[0], "ml-1m-topk.yaml", "topk", "~20 min per SASRec epoch")
     parser.add_argument("--recbole-batch-size", type=int, default=512, help="RecBole's benchmark 4096 leaves SASRec untrained on CPU (notes)")
-    parser.add_argument("--skip-recbole", action="store_true")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--work-dir", type=Path, default=ROOT / "runs" / "bench" / "topk")
-    parser.add_argument("--out", type=Path, default=None)
-    parser.add_argument("--force", action="store_true")
     args = parser.parse_args()
 
     run = open_run(args.config, [*args.overrides, f"train.num_threads={args.threads}"], args.work_dir / "run")
@@ -45,7 +34,7 @@ def main() -> None:
     rows = []
 
     for model in ("popularity", "sasrec"):
-        model_cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"name": model})})
+        model_cfg = with_model(cfg, model)
         results = [cached(rows_dir / f"{model}_seed{seed}.json", lambda: run_topk(split, model_cfg, seed), args.force) for seed in args.seeds]
         rows.append(make_row(
             model, [r["test"]["metrics"] for r in results], [r["train_samples_per_s"] for r in results], [r["wall_s"] for r in results],
