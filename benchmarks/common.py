@@ -90,7 +90,8 @@ def make_row(name: str, per_seed: list[dict[str, float]], samples_per_s: list[fl
     return {
         "name": name,
         "metrics": aggregate_runs(per_seed),
-        "train_samples_per_s": sum(samples_per_s) / len(samples_per_s) if samples_per_s else None,
+        # A model without a training pass (popularity counts) has no training throughput.
+        "train_samples_per_s": sum(samples_per_s) / len(samples_per_s) if any(samples_per_s) else None,
         "wall_s": sum(wall_s),
         **extra,
     }
