@@ -29,8 +29,10 @@ RECBOLE_RUNNER = ROOT / "benchmarks" / "peers" / "recbole_runner.py"
 
 
 def command_line() -> str:
-    """The command that reproduces this benchmark, as typed."""
-    return " ".join(shlex.quote(a) for a in [f"python {Path(sys.argv[0]).relative_to(ROOT) if Path(sys.argv[0]).is_absolute() else sys.argv[0]}", *sys.argv[1:]])
+    """The command that reproduces this benchmark, as typed (script path relative to the repository)."""
+    script = Path(sys.argv[0]).resolve()
+    script_arg = str(script.relative_to(ROOT)) if script.is_relative_to(ROOT) else sys.argv[0]
+    return " ".join(shlex.quote(a) for a in ["python", script_arg, *sys.argv[1:]])
 
 
 def peer_parser(description: str, config: str, work: str, recbole_cost: str) -> argparse.ArgumentParser:
