@@ -16,7 +16,7 @@ log = logging.getLogger("reaseq")
 DEMO_CONFIG = Path(__file__).parent / "resources" / "demo.yaml"
 CTR_METRICS = ["auc", "gauc", "logloss"]
 TOPK_METRICS = ["hr@10", "ndcg@10", "mrr"]
-SASREC_OVERRIDES = ["model.embedding_dim=64", "model.dropout=0.2", "train.batch_size=4096", "train.lr=0.002", "train.epochs=60", "train.patience=5", "train.time_budget_s=150"]
+SASREC_OVERRIDES = ["model.embedding_dim=64", "model.dropout=0.2", "train.batch_size=4096", "train.lr=0.002", "train.epochs=25", "train.patience=5"]
 # (protocol, model, config overrides, headline metrics) in the order the demo runs them.
 DEMO_RUNS = [
     ("ctr", "popularity", [], CTR_METRICS),
