@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from collections.abc import Collection, Iterator
 from pathlib import Path
 from typing import Any
 
 from reaseq.errors import InputError
 from reaseq.knowledge.config import ImportConfig
-from reaseq.knowledge.records import FieldValue, KnowledgeRecord, render_text
+from reaseq.knowledge.records import FieldValue, KnowledgeRecord, json_lines, render_text
 
 CSV_SUFFIXES = {".csv": ",", ".tsv": "\t"}
 JSONL_SUFFIXES = {".jsonl", ".ndjson", ".json"}
@@ -51,19 +50,6 @@ def _csv_rows(path: Path, text: str, cfg: ImportConfig) -> Iterator[tuple[int, d
         yield reader.line_num, row
 
 
-def _jsonl_rows(path: Path, text: str) -> Iterator[tuple[int, dict[str, Any]]]:
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise InputError(path, f"line {number}", f"not valid JSON ({exc.msg})", "make every line one JSON object") from None
-        if not isinstance(row, dict):
-            raise InputError(path, f"line {number}", "the line is not a JSON object", "make every line one JSON object keyed by column name")
-        yield number, row
-
-
 def _value(raw: Any, column: str, separator: str | None, path: Path, line: int) -> FieldValue | None:
     if raw is None:
         return None
@@ -87,7 +73,7 @@ def import_knowledge(cfg: ImportConfig, known_item_ids: Collection[str] | None =
         raise InputError(path, "field_names", f"two text columns map to the same field name: {names}", "give each text column its own field name")
     text = _read_text(path)
     fmt = _format_of(path, cfg.format)
-    rows = _csv_rows(path, text, cfg) if fmt == "csv" else _jsonl_rows(path, text)
+    rows = _csv_rows(path, text, cfg) if fmt == "csv" else json_lines(path, text)
     records: list[KnowledgeRecord] = []
     first_line: dict[str, int] = {}
     columns_seen: set[str] = set()

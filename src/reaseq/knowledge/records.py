@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -145,6 +145,20 @@ def write_jsonl(path: str | Path, rows: Iterable[BaseModel]) -> Path:
     return write_with(path, _write)
 
 
+def json_lines(path: Path, text: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, object) for each non-blank line of JSON Lines text; a bad line raises InputError."""
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise InputError(path, f"line {number}", f"not valid JSON ({exc.msg} at column {exc.colno})", "make every line one JSON object") from None
+        if not isinstance(row, dict):
+            raise InputError(path, f"line {number}", "the line is not a JSON object", "make every line one JSON object keyed by field name")
+        yield number, row
+
+
 def read_jsonl(path: str | Path, model: type[M]) -> list[M]:
     """Read JSON Lines into models; a bad line raises InputError naming the file, line and field."""
     path = Path(path)
@@ -156,13 +170,7 @@ def read_jsonl(path: str | Path, model: type[M]) -> list[M]:
         line = path.read_bytes()[: exc.start].count(b"\n") + 1
         raise InputError(path, f"line {line}", "the file is not UTF-8 text", "re-save the file as UTF-8") from None
     rows: list[M] = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            data = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise InputError(path, f"line {number}", f"not valid JSON ({exc.msg} at column {exc.colno})", "make every line one JSON object") from None
+    for number, data in json_lines(path, text):
         try:
             rows.append(model.model_validate(data))
         except ValidationError as exc:
