@@ -202,7 +202,7 @@ def evaluate(run: RunDir) -> dict[str, Any]:
             net.load_state_dict(state)
             net.eval()
             ranks = rank_targets(lambda seq: net(seq), topk, TEST, cfg)
-            item_pop = np.bincount(topk.data.items[topk.train_mask()], minlength=topk.data.n_items + 1)
+            item_pop = item_train_counts(topk.data, topk.train_mask())
             results.append({"seed": seed, "test": topk_report(topk, ranks, TEST, item_pop, cfg)})
     summary = {"protocol_text": protocol_text(cfg), "seeds": cfg.train.seeds, "test": aggregate_runs([r["test"]["metrics"] for r in results])}
     write_json(run.root / "evaluation.json", summary)

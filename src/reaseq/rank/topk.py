@@ -12,7 +12,7 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from reaseq.config import RunConfig
-from reaseq.data.batches import history_window
+from reaseq.data.batches import history_window, item_train_counts
 from reaseq.data.protocols import TEST, VALID, TopKSplit
 from reaseq.evaluate.metrics import target_ranks, topk_metrics
 from reaseq.evaluate.slices import topk_slices
@@ -102,7 +102,7 @@ def run_topk(split: TopKSplit, cfg: RunConfig, seed: int, out_dir: Path | None =
         torch.set_num_threads(cfg.train.num_threads)
     generator = seed_everything(seed)
     train_rows = np.flatnonzero(split.train_mask())
-    item_pop = np.bincount(split.data.items[train_rows], minlength=split.data.n_items + 1)
+    item_pop = item_train_counts(split.data, train_rows)
     fit_result = FitResult()
     select_metric = f"ndcg@{cfg.protocol.topk.ks[0]}"
 
