@@ -8,11 +8,13 @@ BIN := $(VENV)/bin
 setup: $(VENV)/.installed
 
 # torch is installed on its own line first: the exact pin takes the CPU wheel and never a multi-GB CUDA build.
+# llama-cpp-python compiles llama.cpp (about 7 minutes on 2 cores, once: pip caches the wheel); the multimodal
+# library is not needed and is skipped.
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet torch==2.13.0
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	CMAKE_ARGS="-DLLAVA_BUILD=OFF" $(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $@
 
 demo: setup

@@ -6,15 +6,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 
 from reaseq.errors import ConfigError
+from reaseq.knowledge.config import KnowledgeConfig
+from reaseq.represent.config import RepresentConfig
+from reaseq.strict import Strict
 
-
-class Strict(BaseModel):
-    """Base for every config section: unknown keys are errors, not silently ignored."""
-
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+__all__ = ["Strict", "RunConfig", "load_config", "dump_config"]
 
 
 class DatasetConfig(Strict):
@@ -114,6 +113,8 @@ class RunConfig(Strict):
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    knowledge: KnowledgeConfig = Field(default_factory=KnowledgeConfig)
+    represent: RepresentConfig = Field(default_factory=RepresentConfig)
 
     @model_validator(mode="after")
     def _model_fits_protocol(self) -> RunConfig:

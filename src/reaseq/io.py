@@ -45,6 +45,11 @@ def write_text(path: str | Path, text: str) -> Path:
     return write_with(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
+def write_bytes(path: str | Path, data: bytes) -> Path:
+    """Atomically write bytes."""
+    return write_with(path, lambda tmp: tmp.write_bytes(data))
+
+
 def json_safe(obj: Any) -> Any:
     """Plain JSON types: NaN/inf become null, numpy/torch values become Python ones, paths strings."""
     if isinstance(obj, float):
