@@ -65,11 +65,26 @@ def test_critic_asks_for_one_revision(tmp_path: Path) -> None:
     finally:
         srv.stop()
     steps = result.traces[0].steps
-    assert [(s.agent, s.revision) for s in steps] == [("analyst", False), ("critic", False), ("analyst", True), ("critic", False), ("writer", False)]
+    # One perspective: nothing to merge, so the writer validates and renders without a model call.
+    assert [(s.agent, s.revision) for s in steps] == [("analyst", False), ("critic", False), ("analyst", True), ("critic", False)]
     revise_request = next(b for b in srv.requests if b["messages"][-1]["content"].startswith("A reviewer checked"))
     assert "mood is unsupported" in revise_request["messages"][-1]["content"]
     assert result.records[0].confidence == pytest.approx(0.9)  # the re-check of the revised draft
     assert result.accounting.agents["analyst"].revisions == 1
+
+
+def test_writer_call_always_and_schema_caps_reach_the_request() -> None:
+    srv = ScriptedServer(AgentPlayer()).start()
+    try:
+        one = [{"name": "what", "instruction": "Say what it is."}]
+        result = run(srv, catalogue(1), perspectives=one, writer_call="always", max_reasoning_chars=300, max_list_items=4)
+    finally:
+        srv.stop()
+    assert [s.agent for s in result.traces[0].steps][-1] == "writer"
+    analyst = next(b for b in srv.requests if b["response_format"]["json_schema"]["name"] == "analyst_answer")
+    props = analyst["response_format"]["json_schema"]["schema"]["properties"]
+    assert props["reasoning"]["maxLength"] == 300
+    assert all(v.get("maxItems") == 4 for v in props["fields"]["properties"].values() if v["type"] == "array")
 
 
 @pytest.mark.parametrize("bad", ["this is not json {", "", None])

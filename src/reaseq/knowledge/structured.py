@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -28,34 +29,61 @@ def _object(properties: dict[str, Any]) -> dict[str, Any]:
     return {"type": "object", "properties": properties, "required": list(properties), "additionalProperties": False}
 
 
-_STRING = {"type": "string"}
-_STRING_LIST = {"type": "array", "items": _STRING}
+@dataclass(frozen=True)
+class Limits:
+    """Length caps written into the answer schemas (None: no cap); grammar-constrained backends enforce them.
+
+    Small local models ramble: a cap on reasoning and field lengths bounds the tokens (and time) per call.
+    """
+
+    reasoning_chars: int | None = None
+    value_chars: int | None = None
+    list_items: int | None = None
 
 
-def fields_json_schema(schema: KnowledgeSchema) -> dict[str, Any]:
+NO_LIMITS = Limits()
+
+
+def _string(max_chars: int | None = None) -> dict[str, Any]:
+    return {"type": "string", "maxLength": max_chars} if max_chars else {"type": "string"}
+
+
+def _string_list(limits: Limits) -> dict[str, Any]:
+    out: dict[str, Any] = {"type": "array", "items": _string(limits.value_chars)}
+    return {**out, "maxItems": limits.list_items} if limits.list_items else out
+
+
+def fields_json_schema(schema: KnowledgeSchema, limits: Limits = NO_LIMITS) -> dict[str, Any]:
     """JSON schema of a knowledge `fields` object for this schema."""
-    return _object({d.name: dict(_STRING if d.type == "text" else _STRING_LIST) for d in schema.dimensions})
+    return _object({d.name: _string(limits.value_chars) if d.type == "text" else _string_list(limits) for d in schema.dimensions})
 
 
-def planner_json_schema() -> dict[str, Any]:
+def planner_json_schema(limits: Limits = NO_LIMITS, min_dimensions: int = 1, max_dimensions: int | None = None) -> dict[str, Any]:
     """JSON schema of the planner's answer (reasoning first, so the model thinks before it decides)."""
-    dimension = _object({"name": _STRING, "description": _STRING, "type": {"type": "string", "enum": ["text", "list"]}})
-    return _object({"reasoning": _STRING, "dimensions": {"type": "array", "items": dimension}})
+    name = {"type": "string", "pattern": DIMENSION_NAME_PATTERN}
+    description = {"type": "string", "minLength": 1, **({"maxLength": limits.value_chars} if limits.value_chars else {})}
+    dimension = _object({"name": name, "description": description, "type": {"type": "string", "enum": ["text", "list"]}})
+    # The count and the name pattern are in the schema too, so grammar-constrained decoding cannot miss them.
+    dimensions: dict[str, Any] = {"type": "array", "items": dimension, "minItems": min_dimensions}
+    if max_dimensions is not None:
+        dimensions["maxItems"] = max_dimensions
+    return _object({"reasoning": _string(limits.reasoning_chars), "dimensions": dimensions})
 
 
-def analyst_json_schema(schema: KnowledgeSchema) -> dict[str, Any]:
+def analyst_json_schema(schema: KnowledgeSchema, limits: Limits = NO_LIMITS) -> dict[str, Any]:
     """JSON schema of an analyst's answer."""
-    return _object({"reasoning": _STRING, "fields": fields_json_schema(schema)})
+    return _object({"reasoning": _string(limits.reasoning_chars), "fields": fields_json_schema(schema, limits)})
 
 
-def critic_json_schema() -> dict[str, Any]:
+def critic_json_schema(limits: Limits = NO_LIMITS) -> dict[str, Any]:
     """JSON schema of the critic's answer."""
-    return _object({"reasoning": _STRING, "issues": _STRING_LIST, "confidence": {"type": "number"}, "needs_revision": {"type": "boolean"}})
+    issues = _string_list(limits)
+    return _object({"reasoning": _string(limits.reasoning_chars), "issues": issues, "confidence": {"type": "number"}, "needs_revision": {"type": "boolean"}})
 
 
-def writer_json_schema(schema: KnowledgeSchema) -> dict[str, Any]:
+def writer_json_schema(schema: KnowledgeSchema, limits: Limits = NO_LIMITS) -> dict[str, Any]:
     """JSON schema of the writer's answer."""
-    return _object({"fields": fields_json_schema(schema)})
+    return _object({"fields": fields_json_schema(schema, limits)})
 
 
 def extract_json(text: str) -> dict[str, Any]:
@@ -66,14 +94,16 @@ def extract_json(text: str) -> dict[str, Any]:
     fenced = _FENCE.match(stripped)
     if fenced:
         stripped = fenced.group(1).strip()
+    # strict=False: raw newlines inside strings (which some grammar-constrained decoders let through) are kept.
+    decoder = json.JSONDecoder(strict=False)
     try:
-        value = json.loads(stripped)
+        value = decoder.decode(stripped)
     except json.JSONDecodeError as exc:
         start = stripped.find("{")
         if start < 0:
             raise OutputError(f"the answer is not JSON ({exc.msg}) and contains no '{{'") from None
         try:
-            value, _ = json.JSONDecoder().raw_decode(stripped, start)
+            value, _ = decoder.raw_decode(stripped, start)
         except json.JSONDecodeError as inner:
             raise OutputError(f"the answer is not valid JSON ({inner.msg} at position {inner.pos})") from None
     if not isinstance(value, dict):

@@ -43,8 +43,9 @@ class LLMBackend(Protocol):
         max_tokens: int,
         temperature: float,
         seed: int | None,
+        repeat_penalty: float = 1.0,
     ) -> Completion:
-        """Answer the conversation; raise BackendError when it cannot."""
+        """Answer the conversation; raise BackendError when it cannot (repeat_penalty 1.0 = none)."""
         ...
 
     async def aclose(self) -> None:

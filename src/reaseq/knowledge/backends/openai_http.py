@@ -96,7 +96,7 @@ class OpenAIHTTPBackend:
         return self._state
 
     def request_body(
-        self, messages: list[Message], *, json_schema: dict[str, Any] | None, max_tokens: int, temperature: float, seed: int | None
+        self, messages: list[Message], *, json_schema: dict[str, Any] | None, max_tokens: int, temperature: float, seed: int | None, repeat_penalty: float = 1.0
     ) -> dict[str, Any]:
         """The JSON body sent for one call."""
         body: dict[str, Any] = {
@@ -108,6 +108,9 @@ class OpenAIHTTPBackend:
         }
         if seed is not None:
             body["seed"] = seed
+        if repeat_penalty != 1.0:
+            # Not part of the OpenAI API; vLLM, SGLang and the llama.cpp server accept it under this name.
+            body["repetition_penalty"] = repeat_penalty
         if json_schema is not None and self.cfg.structured_output == "json_schema":
             name = str(json_schema.get("title", DEFAULT_SCHEMA_NAME))
             body["response_format"] = {"type": "json_schema", "json_schema": {"name": name, "schema": json_schema, "strict": True}}
@@ -124,10 +127,10 @@ class OpenAIHTTPBackend:
         return backoff * (1.0 + JITTER_FRACTION * random.random())
 
     async def complete(
-        self, messages: list[Message], *, json_schema: dict[str, Any] | None, max_tokens: int, temperature: float, seed: int | None
+        self, messages: list[Message], *, json_schema: dict[str, Any] | None, max_tokens: int, temperature: float, seed: int | None, repeat_penalty: float = 1.0
     ) -> Completion:
         """One chat completion, retried on timeouts, connection errors, 5xx and 429."""
-        body = self.request_body(messages, json_schema=json_schema, max_tokens=max_tokens, temperature=temperature, seed=seed)
+        body = self.request_body(messages, json_schema=json_schema, max_tokens=max_tokens, temperature=temperature, seed=seed, repeat_penalty=repeat_penalty)
         attempts = self.cfg.max_retries + 1
         retrying = AsyncRetrying(
             stop=stop_after_attempt(attempts),

@@ -38,13 +38,15 @@ class TransformersBackend:
         self._device = cfg.device
         self._lock = threading.Lock()
 
-    def _complete_sync(self, messages: list[Message], max_tokens: int, temperature: float, seed: int | None) -> Completion:
+    def _complete_sync(self, messages: list[Message], max_tokens: int, temperature: float, seed: int | None, repeat_penalty: float) -> Completion:
         with self._lock:
             start = time.perf_counter()
             inputs = self._tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True).to(self._device)
             if seed is not None:
                 self._torch.manual_seed(seed)
             sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
+            if repeat_penalty != 1.0:
+                sampling["repetition_penalty"] = repeat_penalty
             with self._torch.inference_mode():
                 output = self._model.generate(**inputs, max_new_tokens=max_tokens, pad_token_id=self._tokenizer.eos_token_id, **sampling)
             prompt_len = inputs["input_ids"].shape[1]
@@ -53,10 +55,10 @@ class TransformersBackend:
             return Completion(text=text, prompt_tokens=int(prompt_len), completion_tokens=int(new_tokens.numel()), seconds=time.perf_counter() - start)
 
     async def complete(
-        self, messages: list[Message], *, json_schema: dict[str, Any] | None, max_tokens: int, temperature: float, seed: int | None
+        self, messages: list[Message], *, json_schema: dict[str, Any] | None, max_tokens: int, temperature: float, seed: int | None, repeat_penalty: float = 1.0
     ) -> Completion:
         """Generate (json_schema is not enforced here; the agents validate and repair)."""
-        call = partial(self._complete_sync, messages, max_tokens, temperature, seed)
+        call = partial(self._complete_sync, messages, max_tokens, temperature, seed, repeat_penalty)
         return await asyncio.get_running_loop().run_in_executor(None, call)
 
     async def aclose(self) -> None:
