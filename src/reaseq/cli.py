@@ -112,6 +112,88 @@ def demo(run_dir: Annotated[Path, typer.Option(help="Where the demo writes its r
     typer.echo(f"demo report: {report}")
 
 
+@app.command()
+@_guard
+def knowledge(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    run_dir: RunDirOpt = None,
+    shard: Annotated[Optional[str], typer.Option(help="Generate only shard i/n of the catalogue (e.g. 0/4), for several machines or processes.")] = None,
+    regenerate: Annotated[bool, typer.Option("--regenerate", help="Ask the model again for every call (the cache is rewritten, not read).")] = False,
+) -> None:
+    """Run the knowledge agents (planner, analysts, critic, writer) over the catalogue, or import knowledge (knowledge.source=import)."""
+    from reaseq import pipeline
+    from reaseq.knowledge.step import output_dir, run_knowledge
+
+    run = _open_run(config, set_, run_dir)
+    pipeline.prepare(run)
+    summary = run_knowledge(run, shard=shard, regenerate=regenerate)
+    typer.echo(f"knowledge: {summary['items_ok']} items ok, {summary['items_failed']} failed, in {summary['wall_seconds']:.1f}s")
+    typer.echo(f"records: {output_dir(run, shard or run.config.knowledge.shard)}")
+
+
+@app.command("knowledge-merge")
+@_guard
+def knowledge_merge(
+    shard_dirs: Annotated[list[Path], typer.Argument(help="Shard folders written by `reaseq knowledge --shard i/n` (knowledge/shards/<i>-of-<n>).")],
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    run_dir: RunDirOpt = None,
+    cache: Annotated[Optional[list[Path]], typer.Option(help="Cache folders of other machines to merge into this run's cache (repeatable).")] = None,
+) -> None:
+    """Join shard outputs into the run's knowledge records (and shard caches into its cache)."""
+    from reaseq.knowledge.step import merge_shards, records_path
+
+    run = _open_run(config, set_, run_dir)
+    records = merge_shards(run, shard_dirs, cache or [])
+    typer.echo(f"merged {len(records)} records into {records_path(run)}")
+
+
+@app.command("knowledge-pack")
+@_guard
+def knowledge_pack(
+    out: Annotated[Path, typer.Option(help="Pack file to write (.jsonl.gz); a .manifest.json is written beside it.")],
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    run_dir: RunDirOpt = None,
+) -> None:
+    """Pack a run's LLM-call cache into one file that other runs replay (knowledge.cache.seed_packs)."""
+    from reaseq.knowledge.step import pack_cache
+
+    run = _open_run(config, set_, run_dir)
+    manifest = pack_cache(run, out)
+    typer.echo(f"packed {manifest['entries']} cache entries for {manifest['items_ok']} items into {out}")
+
+
+@app.command()
+@_guard
+def serve(
+    run_dir: Annotated[Path, typer.Option("--run-dir", "-r", help="A trained ctr/din run folder.")],
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 8000,
+    seed: Annotated[Optional[int], typer.Option(help="Which train/seed<N>/model.pt (default: first seed).")] = None,
+    workers: Annotated[int, typer.Option(help="Worker processes (each loads its own model).")] = 1,
+) -> None:
+    """Serve a trained ranker over HTTP: POST /score, GET /healthz, GET /readyz, POST /admin/reload."""
+    from reaseq.serve.app import serve as run_server
+    from reaseq.serve.config import ServeConfig
+
+    run_server(run_dir, ServeConfig(host=host, port=port, seed=seed, workers=workers))
+
+
+@app.command("export-onnx")
+@_guard
+def export_onnx(
+    run_dir: Annotated[Path, typer.Option("--run-dir", "-r", help="A trained ctr/din run folder.")],
+    out: Annotated[Optional[Path], typer.Option(help="Output file (default: <run-dir>/ranker.onnx).")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Which seed's checkpoint.")] = None,
+) -> None:
+    """Export a run's trained ranker to ONNX, checked against eager scores."""
+    from reaseq.serve.export import export_run
+
+    typer.echo(f"wrote {export_run(run_dir, out or run_dir / 'ranker.onnx', seed)}")
+
+
 @app.command("export-recbole")
 @_guard
 def export_recbole(config: ConfigOpt = None, set_: SetOpt = None, run_dir: RunDirOpt = None, out: Annotated[Path, typer.Option(help="Folder for the RecBole benchmark files.")] = Path("runs/recbole")) -> None:

@@ -144,6 +144,9 @@ class KnowledgePipeline:
         if self.cache is not None and (entry := self.cache.get(key)) is not None:
             step.cached, step.output, step.attempts = True, entry["output"], int(entry.get("attempts", 1))
             return entry["output"]
+        if self.cache is not None and self.cache.replay_only:
+            step.error = "not in the knowledge cache (replay-only run); run `reaseq knowledge` without knowledge.cache.replay_only to generate it"
+            raise StepFailed(step)
         conversation = list(messages)
         error = "no attempt was made"
         for attempt in range(1, self.cfg.max_attempts + 1):

@@ -74,9 +74,12 @@ class MergeReport:
 class KnowledgeCache:
     """Sharded folder of entries: <root>/<key[:2]>/<key[2:]>.json."""
 
-    def __init__(self, root: str | Path, reuse: bool = True) -> None:
+    def __init__(self, root: str | Path, reuse: bool = True, replay_only: bool = False) -> None:
+        if replay_only and not reuse:
+            raise ValueError("a replay-only cache must reuse its entries")
         self.root = Path(root)
         self.reuse = reuse  # False: every call is recomputed and overwrites its entry (`--regenerate`)
+        self.replay_only = replay_only  # True: a call that is not cached fails instead of asking the model
         self.hits = 0
         self.misses = 0
         self.writes = 0

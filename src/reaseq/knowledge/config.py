@@ -121,6 +121,8 @@ class CacheConfig(Strict):
 
     enabled: bool = True
     dir: Path | None = None  # None: <run_dir>/knowledge/cache
+    seed_packs: list[str] = Field(default_factory=list)  # packs (`reaseq knowledge-pack`) copied into the cache first; "reaseq:<path>" = shipped with the package
+    replay_only: bool = False  # calls missing from the cache fail (recorded as failed records) instead of running the model
 
 
 class ImportConfig(Strict):

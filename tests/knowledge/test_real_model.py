@@ -1,0 +1,50 @@
+"""The real embedded model (SmolLM2-135M GGUF through llama-cpp-python) end to end on a few items."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from reaseq.knowledge.agents import generate_knowledge
+from reaseq.knowledge.backends.llama_cpp import LlamaCppBackend
+from reaseq.knowledge.cache import KnowledgeCache
+from reaseq.knowledge.config import AgentsConfig, DecodingConfig, LlamaCppConfig
+from reaseq.knowledge.item_text import items_from_table
+from reaseq.knowledge.records import KnowledgeRecord
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None, reason="llama-cpp-python is not installed (make setup installs it)"),
+]
+
+MOVIES = pl.DataFrame({"item_id": ["Toy Story (1995)", "Heat (1995)"], "title": ["Toy Story", "Heat"], "year": [1995, 1995], "genres": [["Animation", "Children's", "Comedy"], ["Action", "Crime", "Thriller"]]})
+SCHEMA = [{"name": "genres", "description": "the film's genres", "type": "list"}, {"name": "mood", "description": "emotional tone", "type": "text"}]
+
+
+def test_embedded_model_writes_valid_records_and_replays_from_the_cache(tmp_path: Path) -> None:
+    agents = AgentsConfig.model_validate({
+        "progress": False, "default_category": "movie", "item_text_fields": ["title", "year", "genres"], "schemas": {"movie": SCHEMA},
+        "perspectives": [{"name": "profile", "instruction": "Describe the movie and who would enjoy it."}],
+    })
+    decoding = DecodingConfig(max_tokens=160, repeat_penalty=1.15)
+    items = items_from_table(MOVIES, agents)
+    cache = KnowledgeCache(tmp_path / "cache")
+    first = generate_knowledge(items, LlamaCppBackend(LlamaCppConfig(n_ctx=2048, n_threads=2)), agents, decoding, cache)
+    assert first.records[0].model_id.startswith("SmolLM2-135M-Instruct") and len(first.records) == 2
+    for record, trace in zip(first.records, first.traces, strict=True):
+        KnowledgeRecord.model_validate(record.model_dump())  # the schema holds for what the real model produced
+        assert [s.agent for s in trace.steps][:2] == ["analyst", "critic"]
+        assert all(s.prompt_tokens > 0 for s in trace.steps if not s.cached)
+        if record.status == "ok":  # fields are the schema's, the text renders them, the critic's score is kept
+            assert set(record.fields) <= {"genres", "mood"} and record.text and 0.0 <= (record.confidence or 0.0) <= 1.0
+        else:  # a failure names the agent and the reason, never made-up text
+            assert record.error and not record.text
+    assert first.accounting.items_ok >= 1, [r.error for r in first.records]
+    assert first.accounting.to_dict()["total"]["completion_tokens"] > 0
+    # Rerun: every call is served from the cache, same records, and the model is never loaded.
+    backend = LlamaCppBackend(LlamaCppConfig(n_ctx=2048, n_threads=2))
+    second = generate_knowledge(items, backend, agents, decoding, KnowledgeCache(tmp_path / "cache"))
+    assert second.records == first.records and backend._llm is None

@@ -1,0 +1,118 @@
+"""The `knowledge` step of a run: generation against a scripted server, shards and merge, import, packs and replay."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import polars as pl
+import pytest
+from typer.testing import CliRunner
+
+from reaseq import pipeline
+from reaseq.cli import app
+from reaseq.config import RunConfig
+from reaseq.errors import InputError
+from reaseq.knowledge.cache import KnowledgeCache, import_pack
+from reaseq.knowledge.records import KnowledgeRecord, TraceRecord, read_jsonl
+from reaseq.knowledge.step import merge_shards, output_dir, pack_cache, records_path, resolve_pack, run_knowledge
+from reaseq.runs import RunDir
+from tests.conftest import tiny_overrides
+from tests.knowledge.scripted_server import AgentPlayer, ScriptedServer
+
+
+def knowledge_run(synthetic, tmp_path: Path, server: ScriptedServer, **knowledge: object) -> RunDir:
+    """A prepared tiny run whose knowledge step talks to the scripted server."""
+    tree = tiny_overrides(synthetic, tmp_path)
+    backend = {"kind": "openai_http", "openai_http": {"base_url": server.url, "model": "scripted", "api_key_env": None, "max_retries": 1, "backoff_initial_s": 0.01}}
+    tree["knowledge"] = {"backend": backend, "agents": {"progress": False, "default_category": "movie", "item_concurrency": 4}, **knowledge}
+    cfg = RunConfig.model_validate(tree)
+    run = RunDir(cfg.run_dir, cfg)
+    pipeline.prepare(run)
+    return run
+
+
+def n_items(run: RunDir) -> int:
+    return pl.read_parquet(run.root / "data" / "items.parquet").height
+
+
+def test_generate_writes_records_and_is_skipped_when_up_to_date(synthetic, tmp_path: Path, server: ScriptedServer) -> None:
+    run = knowledge_run(synthetic, tmp_path, server)
+    summary = run_knowledge(run)
+    records = read_jsonl(records_path(run), KnowledgeRecord)
+    assert len(records) == n_items(run) == summary["items_ok"] and all(r.status == "ok" for r in records)
+    assert {r.item_id for r in records} == set(pl.read_parquet(run.root / "data" / "items.parquet")["item_id"])
+    assert (run.root / "knowledge" / "traces.jsonl").exists() and run.manifest["steps"]["knowledge"]["metrics"]["items_ok"] == len(records)
+    sent = len(server.requests)
+    run_knowledge(run)  # up to date: no step, no request
+    assert len(server.requests) == sent
+    again = run_knowledge(run, regenerate=True)  # asks the model again for every call
+    assert len(server.requests) > sent and again["cache"]["hits"] == 0
+
+
+def test_shards_cover_the_catalogue_and_merge(synthetic, tmp_path: Path, server: ScriptedServer) -> None:
+    run = knowledge_run(synthetic, tmp_path, server)
+    sizes = [run_knowledge(run, shard=f"{i}/3")["items_ok"] for i in range(3)]
+    assert sum(sizes) == n_items(run) and all(sizes)
+    merged = merge_shards(run, [output_dir(run, f"{i}/3") for i in range(3)])
+    assert [r.item_id for r in merged] == sorted(r.item_id for r in merged) and len(merged) == n_items(run)
+    with pytest.raises(InputError, match="no knowledge records"):
+        merge_shards(run, [tmp_path / "nowhere"])
+
+
+def test_pack_then_replay_only_needs_no_model(synthetic, tmp_path: Path, server: ScriptedServer) -> None:
+    run = knowledge_run(synthetic, tmp_path, server)
+    run_knowledge(run)
+    pack = tmp_path / "pack.jsonl.gz"
+    manifest = pack_cache(run, pack)
+    assert manifest["entries"] == KnowledgeCache(run.root / "knowledge" / "cache").stats().entries
+    assert json.loads(pack.with_name("pack.manifest.json").read_text())["sha256"] == manifest["sha256"]
+    # A new run with an empty cache, seeded from the pack, replays every answer: zero requests.
+    fresh = knowledge_run(synthetic, tmp_path / "fresh", server, cache={"seed_packs": [str(pack)], "replay_only": True})
+    sent = len(server.requests)
+    summary = run_knowledge(fresh)
+    assert len(server.requests) == sent and summary["items_ok"] == n_items(fresh)
+    assert read_jsonl(records_path(fresh), KnowledgeRecord) == read_jsonl(records_path(run), KnowledgeRecord)
+
+
+def test_replay_only_records_missing_calls_as_failures(synthetic, tmp_path: Path) -> None:
+    srv = ScriptedServer(AgentPlayer()).start()
+    try:
+        run = knowledge_run(synthetic, tmp_path, srv, cache={"replay_only": True})
+        summary = run_knowledge(run)
+        assert srv.requests == []
+    finally:
+        srv.stop()
+    records = read_jsonl(records_path(run), KnowledgeRecord)
+    assert summary["items_ok"] == 0 and all(r.status == "failed" and "planner failed" in (r.error or "") for r in records)
+    planner = read_jsonl(run.root / "knowledge" / "traces.jsonl", TraceRecord)[0].steps[0]
+    assert planner.agent == "planner" and "not in the knowledge cache" in (planner.error or "")
+
+
+def test_corrupt_pack_is_a_clear_error(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.jsonl.gz"
+    bad.write_bytes(gzip.compress(b'{"key": "nope"}\n'))
+    with pytest.raises(InputError, match="valid 'key'"):
+        import_pack(bad, KnowledgeCache(tmp_path / "c"))
+    (tmp_path / "notgz.jsonl.gz").write_text("plain")
+    with pytest.raises(InputError, match="not a gzipped"):
+        import_pack(tmp_path / "notgz.jsonl.gz", KnowledgeCache(tmp_path / "c"))
+    assert resolve_pack("reaseq:knowledge/x.jsonl.gz").parts[-3:] == ("resources", "knowledge", "x.jsonl.gz")
+
+
+def test_import_source_through_the_cli(synthetic, tmp_path: Path, server: ScriptedServer) -> None:
+    run = knowledge_run(synthetic, tmp_path, server)
+    source = tmp_path / "descriptions.csv"
+    source.write_text("item_id,description\nm0,A comedy about zero.\nm1,A drama about one.\n", encoding="utf-8")
+    config = tmp_path / "import.yaml"
+    tree = run.config.model_dump(mode="json")
+    tree["knowledge"] = {"source": "import", "imported": {"path": str(source), "text_columns": ["description"], "source_name": "catalogue"}}
+    config.write_text(json.dumps(tree), encoding="utf-8")
+    result = CliRunner().invoke(app, ["knowledge", "--config", str(config)])
+    assert result.exit_code == 0, result.output
+    records = read_jsonl(records_path(run), KnowledgeRecord)
+    assert [(r.item_id, r.source, r.model_id) for r in records] == [("m0", "imported", "catalogue"), ("m1", "imported", "catalogue")]
+    source.write_text("item_id,description\nunknown_item,text\n", encoding="utf-8")
+    bad = CliRunner().invoke(app, ["knowledge", "--config", str(config)])
+    assert bad.exit_code == 2 and "not in the catalogue" in bad.output
