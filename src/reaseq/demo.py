@@ -25,6 +25,27 @@ DEMO_RUNS = [
     ("topk", "sasrec", SASREC_OVERRIDES, TOPK_METRICS),
 ]
 QUICK_OVERRIDES = ["train.epochs=1", "train.seeds=[0]"]
+# The shipped cache of the embedded model's answers for the demo catalogue; the demo replays it (no model call).
+DEMO_PACK = "reaseq:knowledge/ml-100k-smollm2.jsonl.gz"
+
+
+def run_knowledge_replay(root: Path) -> list[str]:
+    """Replay the shipped knowledge pack through the real agents pipeline; report lines for the demo summary."""
+    from reaseq.knowledge.step import records_path, resolve_pack, run_knowledge
+
+    pack = resolve_pack(DEMO_PACK)
+    if not pack.exists():
+        log.info("demo: no shipped knowledge pack at %s; skipping the knowledge step", pack)
+        return ["Knowledge: no shipped pack in this install (run `reaseq knowledge` to generate it)."]
+    cfg = load_config(DEMO_CONFIG, [f"run_dir={root / 'knowledge'}", f"knowledge.cache.seed_packs=['{DEMO_PACK}']", "knowledge.cache.replay_only=true", "knowledge.agents.progress=false"])
+    run = RunDir(cfg.run_dir, cfg)
+    pipeline.prepare(run)
+    summary = run_knowledge(run)
+    return [
+        f"Knowledge (embedded model's answers replayed from the shipped cache, no model call): {summary['items_ok']} items with records, "
+        f"{summary['items_failed']} without (not in the shipped cache: `reaseq knowledge -c src/reaseq/resources/demo.yaml` generates them). "
+        f"Records: `{records_path(run)}`.",
+    ]
 
 
 def run_demo(root: Path, quick: bool = False) -> Path:
@@ -42,10 +63,13 @@ def run_demo(root: Path, quick: bool = False) -> Path:
         cards.append(run.root / "data" / "card.md")
         table += [f"| {protocol} | {model} | {metric} | {format_mean_sd(summary['test'][metric])} |" for metric in metrics]
         log.info("demo: %s/%s done, report %s", protocol, model, run.root / "report.md")
+    knowledge_lines = run_knowledge_replay(root)
     lines = [
         "# ReaSeq demo: MovieLens-100K",
         "",
         *table,
+        "",
+        *knowledge_lines,
         "",
         f"Seeds: {cfg.train.seeds}. Dataset card: `{cards[0]}`. Per-run reports with curves and slices: `{root}/<protocol>-<model>/report.md`.",
         "",
