@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import socket
 import subprocess
 import sys
@@ -128,6 +129,7 @@ def main() -> None:
     parser.add_argument("--cache-dir", type=Path, default=ROOT / "runs" / "bench" / "knowledge" / "cache", help="a filled cache (knowledge_quality.py) for the cached rerun")
     parser.add_argument("--work-dir", type=Path, default=ROOT / "runs" / "bench" / "knowledge")
     parser.add_argument("--out", type=Path, default=RESULTS / "knowledge_throughput.json")
+    parser.add_argument("--force", action="store_true", help="recompute rows saved in --work-dir")
     args = parser.parse_args()
 
     run = open_run(args.config, [], args.work_dir / "run")
@@ -146,6 +148,10 @@ def main() -> None:
     rerun_s = time.perf_counter() - t
     print(f"cached rerun of {len(catalogue)} items: {rerun_s:.1f}s ({replay.hits} cache hits)", file=sys.stderr)
     for kind in args.backends:
+        row_file = args.work_dir / "throughput_rows" / f"{kind}.json"
+        if row_file.exists() and not args.force:
+            rows.append(json.loads(row_file.read_text(encoding="utf-8")))
+            continue
         if kind == "llama_cpp":
             backend: LLMBackend = local
             result = measure(backend, items, knowledge, args.block)
@@ -153,12 +159,22 @@ def main() -> None:
             model = llama_cfg.model_path or find_embedded_gguf(llama_cfg.embedded_package, llama_cfg.assemble_dir)
             proc, url = start_server(Path(model), args.threads, llama_cfg.n_ctx)
             try:
-                backend = OpenAIHTTPBackend(OpenAIHTTPConfig(base_url=url, model="local", model_id=local.model_id, api_key_env=None, max_concurrency=1, timeout_s=600))
+                backend = OpenAIHTTPBackend(OpenAIHTTPConfig(
+                        base_url=url,
+                        model="local",
+                        model_id=local.model_id,
+                        api_key_env=None,
+                        max_concurrency=1,
+                        timeout_s=600,
+                        structured_output="json_object_schema",  # how llama-cpp-python's server takes a JSON schema
+                        repeat_penalty_field="repeat_penalty",
+                    ))
                 result = measure(backend, items, knowledge, args.block)
             finally:
                 proc.terminate()
                 proc.wait(timeout=30)
         rows.append({"name": kind, "metrics": {**result, "cached_rerun_s": rerun_s, "cached_rerun_items": float(len(catalogue)), "cache_hits": float(replay.hits)}, "model_id": local.model_id})
+        write_json(row_file, rows[-1])  # an interrupted benchmark keeps finished rows
     protocol = (
         f"{len(items)} ML-1M movies, agents of {args.config.name}, {args.threads} llama.cpp thread(s); pipeline and raw passes "
         f"alternate every {args.block} items; tokens_per_s = generated tokens / wall seconds; overhead = 1 - pipeline/raw. "

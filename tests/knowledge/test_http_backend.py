@@ -41,10 +41,18 @@ def test_normal_answer_sends_schema_and_key(plain: ScriptedServer, monkeypatch: 
     assert plain.headers[0]["Authorization"] == "Bearer sk-test"
 
 
-@pytest.mark.parametrize("mode, expected", [("json_object", {"type": "json_object"}), ("none", None)])
+@pytest.mark.parametrize("mode, expected", [("json_object_schema", {"type": "json_object", "schema": SCHEMA}), ("json_object", {"type": "json_object"}), ("none", None)])
 def test_structured_output_can_be_turned_down(plain: ScriptedServer, mode: str, expected: dict | None) -> None:
     call(OpenAIHTTPBackend(http_config(plain, structured_output=mode)))
     assert plain.requests[0].get("response_format") == expected
+
+
+def test_repeat_penalty_goes_in_the_configured_field(plain: ScriptedServer) -> None:
+    backend = OpenAIHTTPBackend(http_config(plain, repeat_penalty_field="repeat_penalty"))
+    asyncio.run(backend.complete([{"role": "user", "content": "hi"}], json_schema=None, max_tokens=8, temperature=0.0, seed=0, repeat_penalty=1.2))
+    asyncio.run(backend.complete([{"role": "user", "content": "hi"}], json_schema=None, max_tokens=8, temperature=0.0, seed=0))
+    assert plain.requests[0]["repeat_penalty"] == 1.2 and "repeat_penalty" not in plain.requests[1]
+    asyncio.run(backend.aclose())
 
 
 def test_500_then_success(plain: ScriptedServer) -> None:

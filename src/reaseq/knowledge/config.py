@@ -34,7 +34,10 @@ class OpenAIHTTPConfig(Strict):
     backoff_initial_s: float = Field(0.5, ge=0)
     backoff_max_s: float = Field(30.0, ge=0)
     retry_after_max_s: float = Field(120.0, ge=0)  # a server's Retry-After longer than this is capped
-    structured_output: Literal["json_schema", "json_object", "none"] = "json_schema"  # what the server supports
+    # What the server supports: OpenAI-style json_schema (vLLM, SGLang, OpenAI, Ollama); the schema inside a
+    # json_object response_format (llama-cpp-python's server); plain json_object; or none (parse-repair only).
+    structured_output: Literal["json_schema", "json_object_schema", "json_object", "none"] = "json_schema"
+    repeat_penalty_field: str = "repetition_penalty"  # request field for decoding.repeat_penalty (llama-cpp-python's server: repeat_penalty)
     extra_body: dict[str, object] = Field(default_factory=dict)  # server-specific request fields (top_k, ...)
 
 

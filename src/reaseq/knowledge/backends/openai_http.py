@@ -109,11 +109,13 @@ class OpenAIHTTPBackend:
         if seed is not None:
             body["seed"] = seed
         if repeat_penalty != 1.0:
-            # Not part of the OpenAI API; vLLM, SGLang and the llama.cpp server accept it under this name.
-            body["repetition_penalty"] = repeat_penalty
+            # Not part of the OpenAI API; vLLM and SGLang call it repetition_penalty, llama-cpp-python repeat_penalty.
+            body[self.cfg.repeat_penalty_field] = repeat_penalty
         if json_schema is not None and self.cfg.structured_output == "json_schema":
             name = str(json_schema.get("title", DEFAULT_SCHEMA_NAME))
             body["response_format"] = {"type": "json_schema", "json_schema": {"name": name, "schema": json_schema, "strict": True}}
+        elif json_schema is not None and self.cfg.structured_output == "json_object_schema":
+            body["response_format"] = {"type": "json_object", "schema": json_schema}
         elif json_schema is not None and self.cfg.structured_output == "json_object":
             body["response_format"] = {"type": "json_object"}
         return body
