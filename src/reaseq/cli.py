@@ -120,9 +120,26 @@ def knowledge(
     run_dir: RunDirOpt = None,
     shard: Annotated[Optional[str], typer.Option(help="Generate only shard i/n of the catalogue (e.g. 0/4), for several machines or processes.")] = None,
     regenerate: Annotated[bool, typer.Option("--regenerate", help="Ask the model again for every call (the cache is rewritten, not read).")] = False,
+    workers: Annotated[int, typer.Option(help="Split the catalogue over N worker processes (one shard each), then merge their records.")] = 0,
+    worker_backend: Annotated[str, typer.Option(help="'process' (this machine) or 'ray' (pip install ray; run folder on shared storage).")] = "process",
+    ray_address: Annotated[Optional[str], typer.Option(help="Ray cluster to join with --worker-backend ray (e.g. auto).")] = None,
 ) -> None:
     """Run the knowledge agents (planner, analysts, critic, writer) over the catalogue, or import knowledge (knowledge.source=import)."""
     from reaseq import pipeline
+
+    if workers:
+        from reaseq.errors import ConfigError
+        from reaseq.knowledge.workers import run_sharded
+
+        if shard:
+            raise ConfigError(None, "--shard", "--shard and --workers were both given", "use --workers N alone: it runs shards 0/N .. N-1/N itself")
+        if worker_backend not in ("process", "ray"):
+            raise ConfigError(None, "--worker-backend", f"unknown worker backend '{worker_backend}'", "use 'process' or 'ray'")
+        records = run_sharded(config, set_ or [], run_dir, workers, backend=worker_backend, regenerate=regenerate, ray_address=ray_address)  # type: ignore[arg-type]
+        ok = sum(r.status == "ok" for r in records)
+        typer.echo(f"knowledge: {ok} items ok, {len(records) - ok} failed, from {workers} workers")
+        typer.echo(f"records: {Path(run_dir or load_config(config, set_ or []).run_dir) / 'knowledge' / 'knowledge.jsonl'}")
+        return
     from reaseq.knowledge.step import output_dir, run_knowledge
 
     run = _open_run(config, set_, run_dir)

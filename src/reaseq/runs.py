@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -18,21 +19,26 @@ from reaseq import __version__
 from reaseq.config import RunConfig, dump_config
 from reaseq.io import sha256_file, sha256_text, write_json, write_text
 
+try:  # POSIX; elsewhere manifest updates are not serialised between processes (run one step at a time there)
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
+
 log = logging.getLogger("reaseq")
+
+MANIFEST_LOCK = ".manifest.lock"
 
 
 def library_versions() -> dict[str, str]:
     """Versions of the libraries that decide results, for the manifest."""
-    import numpy
-    import polars
-    import torch
-
+    # Read from the installed distributions, not by importing them: a step that never needs torch (a knowledge
+    # shard worker) would otherwise pay seconds of import time just to record its version.
     return {
         "reaseq": __version__,
         "python": platform.python_version(),
-        "torch": torch.__version__,
-        "numpy": numpy.__version__,
-        "polars": polars.__version__,
+        "torch": metadata.version("torch"),
+        "numpy": metadata.version("numpy"),
+        "polars": metadata.version("polars"),
         "platform": platform.platform(),
     }
 
@@ -56,6 +62,7 @@ class RunDir:
         self.root.mkdir(parents=True, exist_ok=True)
         self.config = config
         self.manifest_path = self.root / "manifest.json"
+        self.lock_path = self.root / MANIFEST_LOCK
         self.manifest: dict[str, Any] = self._read_manifest()
         self._input_hashes: dict[str, dict[str, str]] = {}  # step -> input file -> sha256, for the manifest
         write_text(self.root / "config.yaml", dump_config(config))
@@ -68,6 +75,18 @@ class RunDir:
             except json.JSONDecodeError:
                 log.warning("manifest %s is unreadable; steps will be redone", self.manifest_path)
         return {"created": datetime.now(timezone.utc).isoformat(), "steps": {}}
+
+    @contextmanager
+    def _manifest_lock(self) -> Iterator[None]:
+        """Hold an exclusive lock on the run's manifest (shard workers of one run finish steps concurrently)."""
+        with open(self.lock_path, "a", encoding="utf-8") as handle:
+            if fcntl is not None:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                if fcntl is not None:
+                    fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
     def _attach_log(self) -> None:
         handler = logging.FileHandler(self.root / "run.log", encoding="utf-8")
@@ -108,7 +127,7 @@ class RunDir:
         log.info("step %s: started", name)
         yield record
         record.wall_s = round(time.perf_counter() - start, 3)
-        self.manifest["steps"][name] = {
+        entry = {
             "key": record.key,
             "inputs": self._input_hashes.get(name, {}),
             "outputs": record.outputs,
@@ -118,5 +137,10 @@ class RunDir:
             "versions": library_versions(),
             "argv": sys.argv,
         }
-        write_json(self.manifest_path, self.manifest)
+        with self._manifest_lock():
+            # Re-read under the lock: another process of this run (a shard worker) may have recorded a step since
+            # this one read the manifest, and writing the stale copy back would erase that step.
+            self.manifest = self._read_manifest()
+            self.manifest["steps"][name] = entry
+            write_json(self.manifest_path, self.manifest)
         log.info("step %s: finished in %.1fs", name, record.wall_s)

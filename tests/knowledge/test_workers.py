@@ -17,6 +17,7 @@ from reaseq.knowledge.workers import (
     WorkerError,
     describe_exit,
     run_processes,
+    run_ray,
     run_sharded,
     shard_failure,
 )
@@ -109,3 +110,54 @@ def test_ray_backend_without_ray_is_a_clear_error(synthetic, tmp_path: Path, ser
         run_sharded(run.root / "config.yaml", [], None, 2, backend="ray")
     with pytest.raises(ConfigError, match="at least 1 worker"):
         run_sharded(run.root / "config.yaml", [], None, 0)
+
+
+class FakeRay:
+    """Runs each task at once, in this process: enough to check how run_ray reports each shard (Ray is not installed here)."""
+
+    def __init__(self) -> None:
+        self.address: str | None = None
+        self.started = False
+
+    def is_initialized(self) -> bool:
+        return self.started
+
+    def init(self, address: str | None = None) -> None:
+        self.started, self.address = True, address
+
+    def remote(self, **options: object):
+        def wrap(fn):
+            class Task:
+                def remote(self, *args: object) -> tuple[str, object]:
+                    try:
+                        return ("ok", fn(*args))
+                    except Exception as exc:  # noqa: BLE001 - Ray hands a task's exception to ray.get
+                        return ("error", exc)
+
+            return Task()
+
+        return wrap
+
+    def get(self, ref: tuple[str, object]) -> object:
+        kind, value = ref
+        if kind == "error":
+            raise RuntimeError(f"task raised {value!r}")
+        return value
+
+
+def test_ray_tasks_report_exit_codes_and_lost_tasks_per_shard(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = FakeRay()
+    monkeypatch.setitem(sys.modules, "ray", fake)
+    commands = {
+        "0/3": ["/launcher/python", "-c", "print('on the node')"],  # the node runs its own interpreter
+        "1/3": ["/launcher/python", "-c", "import sys; print('no model'); sys.exit(4)"],
+        "2/3": ["/launcher/python", "-c", "pass"],
+    }
+    logs = {shard: tmp_path / f"{shard.replace('/', '-of-')}.log" for shard in commands}
+    logs["2/3"].mkdir()  # the task cannot open its log: it raises instead of exiting
+    results = run_ray(commands, logs, "auto", 1.0)
+    assert fake.address == "auto"
+    described = [describe_exit(r, None) for r in results]
+    assert described[0] is None and logs["0/3"].read_text().strip() == "on the node"
+    assert described[1] is not None and described[1].startswith("shard 1/3: exit code 4") and "no model" in described[1]
+    assert described[2] is not None and described[2].startswith("shard 2/3: Ray task failed") and "IsADirectoryError" in described[2]

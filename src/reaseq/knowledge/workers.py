@@ -55,9 +55,10 @@ class WorkerResult:
     """How one worker ended."""
 
     shard: str
-    returncode: int | None  # None: stopped by the launcher (timeout or interrupt)
+    returncode: int | None  # None: it never exited by itself (stopped on timeout, or its Ray task was lost)
     wall_s: float
     log: Path
+    error: str | None = None  # why there is no exit code, when the launcher knows
 
 
 def shard_specs(workers: int) -> list[str]:
@@ -85,6 +86,8 @@ def log_tail(path: Path, lines: int = TAIL_LINES) -> str:
         text = path.read_text(encoding="utf-8", errors="replace")
     except FileNotFoundError:
         return "    (no log was written)"
+    except OSError as exc:
+        return f"    (the log cannot be read: {exc})"
     tail = [line for line in text.splitlines() if line.strip()][-lines:]
     return "\n".join(f"    | {line}" for line in tail) or "    (the log is empty)"
 
@@ -93,7 +96,9 @@ def describe_exit(result: WorkerResult, timeout_s: float | None) -> str | None:
     """Why a worker failed, or None when it exited cleanly."""
     if result.returncode == 0:
         return None
-    if result.returncode is None:
+    if result.error is not None:
+        how = result.error
+    elif result.returncode is None:
         how = f"still running after {timeout_s:g}s, stopped" if timeout_s is not None else "stopped"
     elif result.returncode < 0:
         how = f"killed by signal {signal.Signals(-result.returncode).name}"
@@ -203,7 +208,11 @@ def run_ray(commands: dict[str, list[str]], logs: dict[str, Path], address: str 
     refs = {shard: task.remote(command, str(logs[shard]), os.getcwd()) for shard, command in commands.items()}
     results = []
     for shard, ref in refs.items():
-        code, wall = ray.get(ref)
+        try:
+            code, wall = ray.get(ref)
+        except Exception as exc:  # noqa: BLE001 - the task itself died (node lost, out of memory): report it with its shard
+            results.append(WorkerResult(shard, None, 0.0, logs[shard], error=f"Ray task failed ({type(exc).__name__}: {exc})"))
+            continue
         results.append(WorkerResult(shard, code, wall, logs[shard]))
     return results
 
@@ -252,7 +261,6 @@ def run_sharded(
     failed = sum(r.status == "failed" for r in records)
     log.info("knowledge: merged %d records from %d workers (%d failed items)", len(records), workers, failed)
     return records
-
 
 
 def worker_main(argv: Sequence[str] | None = None) -> int:

@@ -16,6 +16,7 @@ SEPARATOR = ","
 COLUMNS = ["user_id", "item_id", "category_id", "behavior", "timestamp"]
 BEHAVIORS = ("pv", "buy", "cart", "fav")
 TYPED_SCHEMA: dict[str, pl.DataType] = {column: pl.Utf8 if column == "behavior" else pl.Int64 for column in COLUMNS}
+READ_BLOCK_BYTES = 1 << 20  # how much of the file a max_rows subset reads at a time
 ITEM_TITLE_PREFIX = "item "  # the release has no item text: titles are placeholders built from the id
 
 
@@ -26,13 +27,27 @@ def behavior_file(cfg: DatasetConfig) -> Path:
     return require_file(file, "interactions", f"set dataset.path to {DEFAULT_FILE} or to its folder (or set dataset.interactions)")
 
 
-def scan(file: Path, schema: dict[str, pl.DataType], max_rows: int | None) -> pl.DataFrame:
-    """Read the first max_rows rows lazily, so a subset never loads the whole file."""
-    frame = pl.scan_csv(file, has_header=False, separator=SEPARATOR, quote_char=None, schema=schema)
-    if max_rows is not None:
-        frame = frame.head(max_rows)
+def first_lines(file: Path, max_rows: int) -> bytes:
+    """The bytes of the file's first max_rows lines, read block by block: memory follows max_rows, not the file."""
+    blocks: list[bytes] = []
+    lines = 0
+    with open(file, "rb") as handle:
+        while lines < max_rows and (block := handle.read(READ_BLOCK_BYTES)):
+            count = block.count(b"\n")
+            if lines + count >= max_rows:
+                end = -1
+                for _ in range(max_rows - lines):  # the position of the max_rows-th newline of the file
+                    end = block.index(b"\n", end + 1)
+                block = block[: end + 1]
+            blocks.append(block)
+            lines += count
+    return b"".join(blocks)
+
+
+def scan(file: Path, source: Path | bytes, schema: dict[str, pl.DataType]) -> pl.DataFrame:
+    """Parse the rows of `source` (the file, or the bytes of its first rows) with a schema."""
     try:
-        df = frame.collect()
+        df = pl.scan_csv(source, has_header=False, separator=SEPARATOR, quote_char=None, schema=schema).collect()
     except pl.exceptions.NoDataError:
         df = pl.DataFrame(schema=schema)
     if df.height == 0:
@@ -42,12 +57,15 @@ def scan(file: Path, schema: dict[str, pl.DataType], max_rows: int | None) -> pl
 
 def read_behaviors(file: Path, max_rows: int | None) -> pl.DataFrame:
     """The rows with an int64 timestamp; ids stay integers when they all are (much faster to deduplicate)."""
+    # polars reads a whole CSV file into memory even for scan_csv(...).head(n): a subset of the 100M-row file
+    # is cut out by bytes first, so that only the rows asked for are ever read.
+    source: Path | bytes = file if max_rows is None else first_lines(file, max_rows)
     try:
-        return scan(file, TYPED_SCHEMA, max_rows)
+        return scan(file, source, TYPED_SCHEMA)
     except pl.exceptions.PolarsError:
         pass  # not all numbers as expected: re-read as text to find the bad value, or to keep text ids
     try:
-        df = scan(file, dict.fromkeys(COLUMNS, pl.Utf8), max_rows)
+        df = scan(file, source, dict.fromkeys(COLUMNS, pl.Utf8))
     except pl.exceptions.PolarsError as exc:
         raise describe_read_error(exc, file, SEPARATOR, has_header=False) from None
     return parse_numbers(df, "timestamp", pl.Int64, file, first_line=1)
