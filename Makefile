@@ -3,7 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test bench-ctr bench-topk recbole clean
+.PHONY: setup demo test bench-ctr bench-topk bench-beyond-log recbole clean
 
 setup: $(VENV)/.installed
 
@@ -31,6 +31,9 @@ bench-ctr: setup recbole
 
 bench-topk: setup recbole
 	$(BIN)/python benchmarks/topk_baselines.py
+
+bench-beyond-log: setup
+	$(BIN)/python benchmarks/beyond_log.py
 
 clean:
 	rm -rf $(VENV) .venv-recbole runs .cache

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from reaseq.config import Strict
+from reaseq.strict import Strict
 
 
 class ServeConfig(Strict):

@@ -1,0 +1,174 @@
+"""Beyond-log benchmark: infer target users' hidden off-platform behaviour with GBR, popularity, item-kNN and an autoregressive SASRec.
+
+    python benchmarks/beyond_log.py                          # ML-1M, writes results/ml-1m_beyond_log.json
+    python benchmarks/beyond_log.py --budget-s 60 --seeds 1  # a quicker look
+
+GBR and SASRec get the same training time budget on the same visible corpus; every generator must
+return K off-platform items the user has not seen. See docs/beyond_log.md for the protocol.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import RESULTS, ROOT, cached, finish, make_row, open_run
+
+from reaseq import pipeline
+from reaseq.config import parse_overrides
+from reaseq.data.dataset import load_prepared
+from reaseq.errors import ReaSeqError
+from reaseq.gbr.baselines import (
+    generate_autoregressive,
+    itemknn_lists,
+    popularity_lists,
+    train_sasrec_generator,
+)
+from reaseq.gbr.beyond_log import BeyondLogSplit, build_beyond_log, evaluate_lists
+from reaseq.gbr.config import BeyondLogConfig, GBRConfig
+from reaseq.gbr.infer import generation_quality, quality_vs_steps
+from reaseq.gbr.train import collaborative_init, train_gbr
+from reaseq.io import sha256_text
+
+# GBR settings of this benchmark (any GBRConfig field can be overridden with --gbr key=value).
+BENCH_GBR: dict[str, Any] = {"max_len": 100, "batch_size": 32, "lr": 0.002, "loss_weight": "none", "response_frac": 0.5, "steps": 1, "patience": 5, "epochs": 1000}
+EVAL_EVERY_WINDOWS = 4000  # training windows between validation checks, for both GBR and SASRec
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", type=Path, default=ROOT / "configs" / "ml-1m-topk.yaml", help="dataset + SASRec settings")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], help="run config override, e.g. model.dropout=0.1")
+    parser.add_argument("--gbr", action="append", default=[], help="GBR config override, e.g. --gbr lr=0.003")
+    parser.add_argument("--protocol", action="append", default=[], help="BeyondLogConfig override, e.g. --protocol 'off_platform_genres=[Horror]'")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[2024], help="model seeds (the target users stay fixed)")
+    parser.add_argument("--budget-s", type=float, default=180.0, help="training seconds for GBR and for SASRec each")
+    parser.add_argument("--steps-grid", type=int, nargs="+", default=[1, 2, 5, 10], help="unmasking rounds for the quality-vs-steps curve")
+    parser.add_argument("--sasrec-init", choices=["random", "svd"], default="random", help="SASRec item embeddings: its own random start, or GBR's SVD start")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--work-dir", type=Path, default=ROOT / "runs" / "bench" / "beyond_log")
+    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--force", action="store_true", help="recompute rows cached in --work-dir")
+    return parser.parse_args()
+
+
+def timed(fn: Any) -> tuple[Any, float]:
+    tick = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - tick
+
+
+def run_counting(name: str, data: Any, split: BeyondLogSplit, k: int) -> dict[str, Any]:
+    """Popularity or item-kNN: no training pass, no seed."""
+    make = popularity_lists if name == "popularity" else itemknn_lists
+    (items, _), seconds = timed(lambda: make(data, split.visible_rows, split.histories, split.allowed, k))
+    return {"metrics": {**evaluate_lists(items, split, k), **generation_quality(items, split.histories, split.allowed, data.n_items)}, "wall_s": seconds, "samples_per_s": 0.0}
+
+
+def run_gbr(data: Any, split: BeyondLogSplit, cfg: GBRConfig, k: int, steps_grid: list[int]) -> dict[str, Any]:
+    """Train GBR on the visible corpus, generate K off-platform items per target, and sweep the number of rounds."""
+    started = time.perf_counter()
+    model, record = train_gbr(data, split.visible_rows, cfg, response_items=split.off_platform, eval_every=EVAL_EVERY_WINDOWS)
+    score = lambda items: evaluate_lists(items, split, k)
+    grid = sorted(set(steps_grid) | {cfg.steps})
+    curve = quality_vs_steps(model, split.histories, k, grid, score, split.allowed, remasking=cfg.remasking, temperature=cfg.temperature, batch_size=cfg.infer_batch_size, seed=cfg.seed)
+    chosen = next(row for row in curve if row["steps"] == cfg.steps)
+    metrics = {key: chosen[key] for key in (f"recall@{k}", f"ndcg@{k}", f"precision@{k}", "n", "validity", "duplicate_rate", "novelty", "mean_confidence")}
+    return {
+        "metrics": metrics, "quality_vs_steps": curve, "samples_per_s": record.tokens_per_s, "wall_s": time.perf_counter() - started,
+        "train_s": record.wall_s, "best_round": record.fit.best_epoch, "rounds_run": record.fit.epochs_run, "valid_loss": record.curves["valid_loss"],
+        "train_tokens_per_pass": record.train_tokens, "infer_s": chosen["infer_s"],
+    }
+
+
+def run_sasrec(data: Any, split: BeyondLogSplit, run_cfg: Any, gbr_cfg: GBRConfig, budget_s: float, seed: int, init: str, k: int) -> dict[str, Any]:
+    """Train SASRec on the visible corpus within the same budget and generate K items greedily, one at a time."""
+    started = time.perf_counter()
+    train_cfg = run_cfg.train.model_copy(update={"time_budget_s": budget_s, "epochs": gbr_cfg.epochs})
+    init_vectors = collaborative_init(data, split.visible_rows, run_cfg.model.embedding_dim, seed) if init == "svd" else None
+    generator = train_sasrec_generator(data, split.visible_rows, run_cfg.model, train_cfg, run_cfg.protocol.topk.max_len, seed, gbr_cfg.valid_user_frac, EVAL_EVERY_WINDOWS, init_vectors)
+    (items, confidence), infer_s = timed(lambda: generate_autoregressive(generator, split.histories, k, split.allowed))
+    metrics = {**evaluate_lists(items, split, k), **generation_quality(items, split.histories, split.allowed, data.n_items), "mean_confidence": float(confidence.mean())}
+    return {
+        "metrics": metrics, "samples_per_s": generator.fit.train_samples_per_s, "wall_s": time.perf_counter() - started, "train_s": generator.wall_s,
+        "best_round": generator.fit.best_epoch, "rounds_run": generator.fit.epochs_run, "valid_loss": [-v for v in generator.fit.curves["valid"]], "infer_s": infer_s,
+    }
+
+
+def main() -> None:
+    args = parse_args()
+    torch.set_num_threads(args.threads)
+    try:
+        run = open_run(args.config, [*args.overrides, f"train.num_threads={args.threads}"], args.work_dir / "run")
+    except ReaSeqError as exc:
+        raise SystemExit(f"beyond-log benchmark skipped: the dataset is unavailable ({exc})") from None
+    run_cfg = run.config
+    data = load_prepared(run.root / pipeline.DATA_DIR)
+    protocol_cfg = BeyondLogConfig.model_validate(parse_overrides(args.protocol))
+    k = protocol_cfg.k
+    base_gbr = {**BENCH_GBR, "k": k, "time_budget_s": args.budget_s, "num_threads": args.threads, **parse_overrides(args.gbr)}
+    split = build_beyond_log(data, protocol_cfg)
+    out = args.out or RESULTS / f"{run_cfg.dataset.name}_beyond_log.json"
+    # Cached rows are keyed by every setting that changes them, so a changed setting is never served stale.
+    settings = {"protocol": protocol_cfg.model_dump(), "gbr": GBRConfig.model_validate(base_gbr).model_dump(), "budget_s": args.budget_s, "steps": args.steps_grid, "sasrec_init": args.sasrec_init,
+                "model": run_cfg.model.model_dump(), "train": run_cfg.train.model_dump(exclude={"progress"}), "topk": run_cfg.protocol.topk.model_dump()}
+    rows_dir = args.work_dir / "rows" / sha256_text(json.dumps(settings, sort_keys=True, default=str))[:12]
+    print(f"{len(split.target_users)} target users, {int(split.off_platform.sum())} off-platform items, {int(split.visible_rows.sum())} visible events", file=sys.stderr)
+
+    results: dict[str, list[dict[str, Any]]] = {name: [] for name in ("gbr", "popularity", "autoregressive", "itemknn")}
+    for name in ("popularity", "itemknn"):
+        results[name].append(cached(rows_dir / f"{name}.json", partial(run_counting, name, data, split, k), args.force))
+    for seed in args.seeds:
+        gbr_cfg = GBRConfig.model_validate({**base_gbr, "seed": seed})
+        results["gbr"].append(cached(rows_dir / f"gbr_seed{seed}.json", partial(run_gbr, data, split, gbr_cfg, k, args.steps_grid), args.force))
+        results["autoregressive"].append(cached(rows_dir / f"autoregressive_seed{seed}.json", partial(run_sasrec, data, split, run_cfg, gbr_cfg, args.budget_s, seed, args.sasrec_init, k), args.force))
+        print(f"seed {seed}: recall@{k} gbr {results['gbr'][-1]['metrics'][f'recall@{k}']:.4f}, autoregressive {results['autoregressive'][-1]['metrics'][f'recall@{k}']:.4f}", file=sys.stderr)
+
+    rows = []
+    for name, per_seed in results.items():
+        extra: dict[str, Any] = {}
+        if name in ("gbr", "autoregressive"):
+            extra = {key: [r[key] for r in per_seed] for key in ("train_s", "best_round", "rounds_run", "infer_s")}
+        if name == "gbr":
+            extra["quality_vs_steps"] = per_seed[0]["quality_vs_steps"]
+            extra["config"] = GBRConfig.model_validate({**base_gbr, "seed": args.seeds[0]}).model_dump()
+        if name == "autoregressive":
+            extra["config"] = {"model": run_cfg.model.model_dump(), "train": run_cfg.train.model_dump(exclude={"seeds", "progress"}), "max_len": run_cfg.protocol.topk.max_len, "init": args.sasrec_init}
+        rows.append(make_row(name, [r["metrics"] for r in per_seed], [r["samples_per_s"] for r in per_seed], [r["wall_s"] for r in per_seed], **extra))
+
+    mean = {row["name"]: row["metrics"][f"recall@{k}"]["mean"] for row in rows}
+    targets = {
+        "gbr_over_popularity": mean["gbr"] / mean["popularity"],
+        "gbr_at_least_1.5x_popularity": mean["gbr"] >= 1.5 * mean["popularity"],
+        "gbr_above_autoregressive": mean["gbr"] > mean["autoregressive"],
+        "gbr_all_valid": next(r for r in rows if r["name"] == "gbr")["metrics"]["validity"]["mean"] == 1.0,
+    }
+    hidden_sizes = np.array([len(h) for h in split.hidden])
+    protocol = {
+        "name": "beyond_log", **protocol_cfg.model_dump(),
+        "text": (
+            f"beyond-log: items with any genre in {protocol_cfg.off_platform_genres} are off platform; {len(split.target_users)} target users "
+            f"({protocol_cfg.target_user_frac:.0%} of users, seed {protocol_cfg.seed}) keep only on-platform events visible; world users keep all. "
+            f"From a target's on-platform sequence, generate {k} unseen off-platform items; recall@{k} = hits / min({k}, |hidden|), NDCG@{k} binary; "
+            f"candidates = all {int(split.off_platform.sum())} off-platform items. GBR and SASRec train {args.budget_s:.0f} s each on {args.threads} thread(s), "
+            "selected on held-out users' training loss."
+        ),
+        "n_target_users": len(split.target_users), "n_off_platform_items": int(split.off_platform.sum()), "visible_events": int(split.visible_rows.sum()),
+        "hidden_per_target": {"median": float(np.median(hidden_sizes)), "mean": float(hidden_sizes.mean())},
+        "budget_s": args.budget_s, "threads": args.threads, "steps_grid": args.steps_grid,
+    }
+    finish("beyond_log", run_cfg, protocol, args.seeds, rows, [f"recall@{k}", f"ndcg@{k}", "validity", "duplicate_rate", "novelty"], out, targets=targets)
+    print(f"GBR recall@{k} = {targets['gbr_over_popularity']:.2f} x popularity; above autoregressive: {targets['gbr_above_autoregressive']}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,176 @@
+"""Generators GBR is measured against: popularity, item-kNN and an autoregressive SASRec, on the same visible corpus."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from scipy import sparse
+from sklearn.metrics.pairwise import cosine_similarity
+from torch.nn import functional as F
+
+from reaseq.config import (
+    ModelConfig,
+    ProtocolConfig,
+    RunConfig,
+    TopKProtocolConfig,
+    TrainConfig,
+)
+from reaseq.data.dataset import SequenceData
+from reaseq.data.protocols import TopKSplit
+from reaseq.gbr.infer import forbidden_items
+from reaseq.gbr.model import map_embeddings
+from reaseq.gbr.train import MIN_WINDOW, check_rows, interaction_matrix
+from reaseq.rank.ctr import seed_everything
+from reaseq.rank.fit import FitResult, fit
+from reaseq.rank.models.sasrec import SASRec
+from reaseq.rank.topk import sasrec_epoch, training_windows
+
+
+def top_k_admissible(scores: np.ndarray, forbid: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The k best admissible items per row of scores [U, V] (forbidden ones never chosen): (items, scores)."""
+    masked = np.where(forbid, -np.inf, scores)
+    top = np.argpartition(-masked, k - 1, axis=1)[:, :k]
+    order = np.argsort(-np.take_along_axis(masked, top, axis=1), axis=1, kind="stable")
+    items = np.take_along_axis(top, order, axis=1)
+    return items, np.take_along_axis(masked, items, axis=1)
+
+
+def popularity_lists(data: SequenceData, visible_rows: np.ndarray, histories: Sequence[np.ndarray], allowed: np.ndarray | None, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The k admissible items most frequent in the visible corpus, the user's own items excluded."""
+    counts = np.bincount(data.items[check_rows(data, visible_rows)], minlength=data.n_items + 1).astype(np.float64)
+    forbid = forbidden_items(histories, data.n_items, allowed, exclude_seen=True).numpy()
+    return top_k_admissible(np.broadcast_to(counts, forbid.shape), forbid, k)
+
+
+def itemknn_lists(data: SequenceData, visible_rows: np.ndarray, histories: Sequence[np.ndarray], allowed: np.ndarray | None, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Item-kNN: score = sum of cosine co-occurrence similarities (visible corpus) to the user's history items."""
+    matrix = interaction_matrix(data, np.flatnonzero(check_rows(data, visible_rows)))
+    similarity = cosine_similarity(matrix.T.tocsr(), dense_output=False)  # [V, V] sparse
+    history = sparse.csr_matrix(
+        (np.ones(sum(len(h) for h in histories)), (np.repeat(np.arange(len(histories)), [len(h) for h in histories]), np.concatenate([np.asarray(h, np.int64) for h in histories]) if histories else [])),
+        shape=(len(histories), data.n_items + 1),
+    )
+    scores = np.asarray((history @ similarity).todense())
+    forbid = forbidden_items(histories, data.n_items, allowed, exclude_seen=True).numpy()
+    return top_k_admissible(scores, forbid, k)
+
+
+@dataclass
+class SASRecGenerator:
+    """A SASRec trained on the visible corpus with its training record."""
+
+    model: SASRec
+    max_len: int
+    fit: FitResult
+    wall_s: float
+
+
+def _corpus_split(data: SequenceData, visible_rows: np.ndarray, users: np.ndarray) -> TopKSplit:
+    """A TopKSplit over the visible rows whose 'validation position' is each user's end, so training_windows covers every event."""
+    visible = data.subset(check_rows(data, visible_rows))
+    end = visible.offsets[users + 1]
+    return TopKSplit(data=visible, users=users, valid_pos=end, test_pos=end)
+
+
+def split_users(data: SequenceData, visible_rows: np.ndarray, valid_user_frac: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train users, validation users) among users with enough visible events; the same draw as GBR's build_windows."""
+    counts = np.diff(data.subset(check_rows(data, visible_rows)).offsets)
+    users = np.flatnonzero(counts >= MIN_WINDOW)
+    n_valid = min(len(users) - 1, max(1, round(valid_user_frac * len(users))))
+    valid = np.sort(np.random.default_rng(seed).choice(users, size=n_valid, replace=False))
+    return np.setdiff1d(users, valid), valid
+
+
+def sasrec_valid_loss(model: SASRec, split: TopKSplit, windows: tuple[np.ndarray, np.ndarray], max_len: int, batch_windows: int) -> float:
+    """Mean next-item cross-entropy over the validation users' windows."""
+    items = torch.from_numpy(split.data.items)
+    end, start = (torch.from_numpy(a) for a in windows)
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for offset in range(0, len(end), batch_windows):
+            rows = end[offset : offset + batch_windows].unsqueeze(1) - (max_len + 1) + torch.arange(max_len + 1)
+            seq = items[rows.clamp(min=0)].masked_fill(rows < start[offset : offset + batch_windows].unsqueeze(1), 0)
+            inputs, targets = seq[:, :-1], seq[:, 1:]
+            predict = (inputs > 0) & (targets > 0)
+            loss = F.cross_entropy(model.logits(model.hidden(inputs)[predict]), targets[predict], reduction="sum")
+            total, count = total + float(loss), count + int(predict.sum())
+    return total / max(count, 1)
+
+
+def train_sasrec_generator(
+    data: SequenceData, visible_rows: np.ndarray, model_cfg: ModelConfig, train_cfg: TrainConfig, max_len: int,
+    seed: int, valid_user_frac: float, eval_every: int | None = None, init_embeddings: np.ndarray | None = None,
+) -> SASRecGenerator:
+    """Train SASRec (rank.topk's epoch) on the visible corpus; select the round with the lowest held-out next-item loss.
+
+    `init_embeddings` [n_items + 1, d] warm-start the item embeddings through gbr.model.map_embeddings,
+    so the generator can start from the same vectors as GBR.
+    """
+    started = time.perf_counter()
+    if train_cfg.num_threads:
+        torch.set_num_threads(train_cfg.num_threads)
+    generator = seed_everything(seed)
+    train_users, valid_users = split_users(data, visible_rows, valid_user_frac, seed)
+    train_split = _corpus_split(data, visible_rows, train_users)
+    valid_split = _corpus_split(data, visible_rows, valid_users)
+    train_windows = training_windows(train_split, max_len)
+    valid_windows = training_windows(valid_split, max_len)
+    run_cfg = RunConfig(protocol=ProtocolConfig(name="topk", topk=TopKProtocolConfig(max_len=max_len)), model=model_cfg.model_copy(update={"name": "sasrec"}), train=train_cfg.model_copy(update={"progress": False}))
+    net = SASRec(data.n_items, max_len, run_cfg.model)
+    if init_embeddings is not None:
+        with torch.no_grad():
+            net.item_embedding.weight.copy_(torch.from_numpy(map_embeddings(init_embeddings, model_cfg.embedding_dim, seed)))
+    optimizer = torch.optim.Adam(net.parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
+    n_windows = len(train_windows[0])
+    per_round = eval_every or n_windows
+    state = {"order": np.zeros(0, np.int64)}
+    rng = np.random.default_rng(seed)
+
+    def train_round(epoch: int) -> tuple[float, int]:
+        if len(state["order"]) < per_round:
+            state["order"] = np.concatenate([state["order"], rng.permutation(n_windows)])
+        idx, state["order"] = state["order"][:per_round], state["order"][per_round:]
+        return sasrec_epoch(net, train_split, (train_windows[0][idx], train_windows[1][idx]), optimizer, run_cfg, generator, epoch)
+
+    batch_windows = max(1, train_cfg.eval_batch_size // max_len)
+    result = fit(net, train_round, lambda: -sasrec_valid_loss(net, valid_split, valid_windows, max_len, batch_windows), run_cfg.train)
+    return SASRecGenerator(net, max_len, result, time.perf_counter() - started)
+
+
+@torch.no_grad()
+def generate_autoregressive(
+    generator: SASRecGenerator, histories: Sequence[np.ndarray], k: int, allowed: np.ndarray | None, batch_size: int = 512,
+) -> tuple[np.ndarray, np.ndarray]:
+    """K items per history, greedily one at a time: each pick is appended and conditions the next; (items, confidence)."""
+    net, max_len = generator.model, generator.max_len
+    net.eval()
+    n_items = net.item_embedding.num_embeddings - 1
+    all_items, all_conf = [], []
+    for offset in range(0, len(histories), batch_size):
+        batch = histories[offset : offset + batch_size]
+        seq = torch.zeros((len(batch), max_len), dtype=torch.long)  # left-padded, newest last
+        for row, history in enumerate(batch):
+            recent = np.asarray(history, dtype=np.int64)[-max_len:]
+            if len(recent):
+                seq[row, max_len - len(recent) :] = torch.from_numpy(recent)
+        forbid = forbidden_items(batch, n_items, allowed, exclude_seen=True)
+        users = torch.arange(len(batch))
+        items = torch.zeros((len(batch), k), dtype=torch.long)
+        conf = torch.zeros((len(batch), k))
+        for slot in range(k):
+            probs = torch.softmax(net(seq), dim=-1).masked_fill(forbid, 0.0)  # [B, V]
+            best = probs.argmax(dim=1)
+            items[:, slot] = best
+            conf[:, slot] = (probs[users, best] / probs.sum(dim=1).clamp(min=torch.finfo(probs.dtype).tiny)).clamp(max=1.0)
+            forbid[users, best] = True
+            seq = torch.cat([seq[:, 1:], best.unsqueeze(1)], dim=1)
+        all_items.append(items.numpy())
+        all_conf.append(conf.numpy())
+    if not all_items:
+        return np.zeros((0, k), np.int64), np.zeros((0, k), np.float32)
+    return np.concatenate(all_items), np.concatenate(all_conf)
+
