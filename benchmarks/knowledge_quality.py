@@ -42,14 +42,14 @@ def quality_items(items: pl.DataFrame, knowledge: KnowledgeConfig, count: int) -
     return sorted(inputs, key=lambda i: hashlib.sha256(i.item_id.encode("utf-8")).hexdigest())[:count]
 
 
-def generate(model: str, knowledge: KnowledgeConfig, items: list[ItemInput], work: Path, threads: int) -> tuple[list[KnowledgeRecord], list[TraceRecord], float]:
+def generate(model: str, knowledge: KnowledgeConfig, items: list[ItemInput], work: Path, threads: int, replay_only: bool = False) -> tuple[list[KnowledgeRecord], list[TraceRecord], float]:
     """Run the agents with one embedded model over the items (cached), write its outputs, return records and traces."""
     backend_cfg = knowledge.backend.model_copy(deep=True)
     backend_cfg.kind = "llama_cpp"
     backend_cfg.llama_cpp.embedded_package = MODELS[model]
     backend_cfg.llama_cpp.n_threads = threads
     started = time.perf_counter()
-    result = generate_knowledge(items, make_backend(backend_cfg), knowledge.agents, knowledge.decoding, KnowledgeCache(work / "cache"))
+    result = generate_knowledge(items, make_backend(backend_cfg), knowledge.agents, knowledge.decoding, KnowledgeCache(work / "cache", replay_only=replay_only))
     wall = time.perf_counter() - started
     write_generation(result, work / model)
     return result.records, result.traces, wall
@@ -94,6 +94,7 @@ def main() -> None:
     parser.add_argument("--models", nargs="*", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--threads", type=int, default=1, help="llama.cpp threads per generation")
     parser.add_argument("--generate-only", action="store_true", help="fill the cache and stop (for a background job)")
+    parser.add_argument("--replay-only", action="store_true", help="score from the cache only: never call a model (uncached items count as failed)")
     parser.add_argument("--work-dir", type=Path, default=ROOT / "runs" / "bench" / "knowledge")
     parser.add_argument("--out", type=Path, default=RESULTS / "knowledge_quality.json")
     args = parser.parse_args()
@@ -105,7 +106,7 @@ def main() -> None:
     truth = ground_truth(items, {i.item_id for i in chosen})
     rows = []
     for model in args.models:
-        records, traces, wall = generate(model, knowledge, chosen, args.work_dir, args.threads)
+        records, traces, wall = generate(model, knowledge, chosen, args.work_dir, args.threads, args.replay_only)
         if args.generate_only:
             continue
         rows.append({"name": model, "source": "generated", "metrics": score_source(records, traces, truth), "wall_s": wall})
