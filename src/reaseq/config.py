@@ -78,6 +78,18 @@ class ModelConfig(Strict):
     use_user_features: bool = True  # DIN: user attributes (age, gender, occupation...)
     num_layers: int = 2  # SASRec
     num_heads: int = 2  # SASRec
+    # RER parts of the item representation (DIN); any of them needs the embed step's tables.
+    # "aligned": gate * ID + (1 - gate) * aligned knowledge, gate = the tables' popularity gate;
+    # "text": raw text vectors through a linear layer, added (baseline); "kar": raw text vectors through a
+    # mixture-of-experts adaptor, added (KAR-style baseline).
+    knowledge: Literal["none", "text", "aligned", "kar"] = "none"
+    semantic_ids: bool = False  # DIN: one embedding table per semantic-ID level, added to the item representation
+    semantic_id_pooling: Literal["sum", "mean"] = "sum"  # how the levels' embeddings combine
+    semantic_id_dedup_level: bool = False  # also embed the dedup level (an index inside a collision group, not semantic)
+    kar_experts: int = Field(4, ge=1)  # KAR adaptor: number of expert MLPs
+    kar_hidden: int = Field(64, ge=1)  # KAR adaptor: hidden width of each expert
+    fine_tune_projection: bool = False  # "aligned": train the text -> collaborative projection with the ranker
+    knowledge_tables: Path | None = None  # the embed step's tables (knowledge.npz); the pipeline sets it
 
 
 class TrainConfig(Strict):

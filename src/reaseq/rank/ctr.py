@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from reaseq.evaluate.slices import ctr_slices
 from reaseq.rank.fit import FitResult, fit
 from reaseq.rank.models.din import build_din
 from reaseq.rank.models.popularity import PopularityCTR
+from reaseq.represent.tables import KnowledgeTables
 
 log = logging.getLogger("reaseq")
 
@@ -71,8 +73,30 @@ def train_ctr_epoch(model: nn.Module, batcher: CTRBatcher, samples: CTRSamples, 
     return total / max(batches, 1), len(samples)
 
 
-def run_ctr(data: SequenceData, samples: CTRSamples, cfg: RunConfig, seed: int, out_dir: Path | None = None) -> dict[str, Any]:
-    """Fit one model on train, select on valid, report valid and test; the result row of one seed."""
+def hide_items(data: SequenceData, hidden: np.ndarray) -> SequenceData:
+    """The same sequences with the `hidden` item ids replaced by padding (0): they vanish from the histories."""
+    is_hidden = np.zeros(data.n_items + 1, bool)
+    is_hidden[np.asarray(hidden, np.int64)] = True
+    return replace(data, items=np.where(is_hidden[data.items], 0, data.items))
+
+
+def run_ctr(
+    data: SequenceData,
+    samples: CTRSamples,
+    cfg: RunConfig,
+    seed: int,
+    out_dir: Path | None = None,
+    tables: KnowledgeTables | None = None,
+    train_hidden_items: np.ndarray | None = None,
+    test_subsets: dict[str, np.ndarray] | None = None,
+) -> dict[str, Any]:
+    """Fit one model on train, select on valid, report valid and test; the result row of one seed.
+
+    `tables`: RER's knowledge tables for a DIN with knowledge parts (else `model.knowledge_tables` is read).
+    `train_hidden_items`: item ids masked out of the training histories (the cold-start protocol: the ID part
+    never sees them); validation and test histories stay as logged. `test_subsets`: name -> boolean mask over
+    `samples`; each adds the metrics of the test samples it selects under result["test_subsets"][name].
+    """
     started = time.perf_counter()
     if cfg.train.num_threads:
         torch.set_num_threads(cfg.train.num_threads)
@@ -85,25 +109,31 @@ def run_ctr(data: SequenceData, samples: CTRSamples, cfg: RunConfig, seed: int, 
         model = PopularityCTR(data.n_items).fit(train.item, train.label)
         valid_probs, test_probs = model.predict(valid.item), model.predict(test.item)
     elif cfg.model.name == "din":
-        model = build_din(data, cfg.model)
+        model = build_din(data, cfg.model, tables)
         batcher = CTRBatcher(data, cfg.protocol.ctr.max_len)
+        train_batcher = batcher if train_hidden_items is None else CTRBatcher(hide_items(data, train_hidden_items), cfg.protocol.ctr.max_len)
         optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
 
         def validate() -> float:
             return ctr_metrics(valid.user, valid.label, predict_ctr(model, batcher, valid, cfg.train.eval_batch_size))["auc"]
 
         checkpoint = out_dir / "model.pt" if out_dir else None
-        fit_result = fit(model, lambda epoch: train_ctr_epoch(model, batcher, train, optimizer, cfg, generator, epoch), validate, cfg.train, checkpoint)
+        fit_result = fit(model, lambda epoch: train_ctr_epoch(model, train_batcher, train, optimizer, cfg, generator, epoch), validate, cfg.train, checkpoint)
         valid_probs = predict_ctr(model, batcher, valid, cfg.train.eval_batch_size)
         test_probs = predict_ctr(model, batcher, test, cfg.train.eval_batch_size)
     else:
         raise ValueError(f"model '{cfg.model.name}' is not a ctr model; use popularity or din")
 
+    subsets = {}
+    for name, mask in (test_subsets or {}).items():
+        chosen = np.asarray(mask, bool)[samples.split == TEST]
+        subsets[name] = ctr_report(data, test.take(chosen), test_probs[chosen], item_pop, cfg)
     return {
         "model": cfg.model.name,
         "seed": seed,
         "valid": ctr_report(data, valid, valid_probs, item_pop, cfg),
         "test": ctr_report(data, test, test_probs, item_pop, cfg),
+        **({"test_subsets": subsets} if subsets else {}),
         "best_epoch": fit_result.best_epoch,
         "epochs_run": fit_result.epochs_run,
         "curves": fit_result.curves,

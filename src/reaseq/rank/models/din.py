@@ -7,7 +7,9 @@ from torch import nn
 
 from reaseq.config import ModelConfig
 from reaseq.data.dataset import SequenceData
+from reaseq.represent.tables import KnowledgeTables
 from reaseq.rank.models.item_encoder import ItemEncoder, build_item_encoder
+from reaseq.rank.models.knowledge_parts import KNOWLEDGE_PART, AlignedKnowledgePart, build_knowledge_parts
 from reaseq.rank.models.layers import MLP, TargetAttention
 
 
@@ -40,9 +42,14 @@ class DIN(nn.Module):
         return self.mlp(torch.cat(features, dim=-1)).squeeze(-1)  # [B] logits
 
 
-def build_din(data: SequenceData, cfg: ModelConfig) -> DIN:
-    """DIN over the dataset's items, actions and user features as the config enables them."""
-    encoder = build_item_encoder(data, cfg.embedding_dim, cfg.use_item_features, cfg.item_fusion)
+def build_din(data: SequenceData, cfg: ModelConfig, tables: KnowledgeTables | None = None) -> DIN:
+    """DIN over the dataset's items, actions and user features, plus the RER parts, as the config enables them.
+
+    `tables` are RER's knowledge tables; without them, enabled RER parts read `cfg.knowledge_tables`.
+    """
+    extra = build_knowledge_parts(cfg, tables, data.n_items, cfg.embedding_dim)
+    gated = KNOWLEDGE_PART if isinstance(extra.get(KNOWLEDGE_PART), AlignedKnowledgePart) else None
+    encoder = build_item_encoder(data, cfg.embedding_dim, cfg.use_item_features, cfg.item_fusion, extra, gated)
     use_users = cfg.use_user_features and data.user_features.shape[1] > 0
     sizes = data.user_feature_sizes if use_users else []
     return DIN(encoder, data.n_actions, torch.from_numpy(data.user_features), sizes, cfg)

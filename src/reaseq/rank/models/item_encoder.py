@@ -1,4 +1,5 @@
-"""Item representation as a sum (or concatenation) of switchable parts (ID, genres, year; RER adds knowledge and semantic IDs)."""
+"""Item representation as a sum (or concatenation) of switchable parts (ID, genres, year; RER adds knowledge and semantic IDs,
+see knowledge_parts.py), with the ID and aligned-knowledge pair mixed by a popularity gate."""
 
 from __future__ import annotations
 
@@ -53,29 +54,56 @@ class YearPart(nn.Module):
 
 
 class ItemEncoder(nn.Module):
-    """Sums (or concatenates) the enabled parts; padding items map to zeros."""
+    """Sums (or concatenates) the enabled parts; padding items map to zeros.
 
-    def __init__(self, parts: dict[str, nn.Module], fusion: str = "sum") -> None:
+    Gated fusion: when `gated` names a part (RER's aligned knowledge) that has a `gate_of(items)` method, that
+    part and the ID part are first mixed as gate * id + (1 - gate) * knowledge, with the part's per-item gate
+    (count / (count + pivot) from training interactions). The mix then counts as one part: the other parts are
+    summed with (or concatenated to) it as usual. An item never seen in training has gate 0, so its untrained
+    ID embedding is multiplied by exactly zero and it is represented by its knowledge (and the other parts) alone.
+    """
+
+    def __init__(self, parts: dict[str, nn.Module], fusion: str = "sum", gated: str | None = None) -> None:
         super().__init__()
+        if gated is not None and ("id" not in parts or gated not in parts or not hasattr(parts[gated], "gate_of")):
+            raise ValueError(f"gated fusion needs an 'id' part and a part '{gated}' with a gate_of method, got {list(parts)}")
         self.parts = nn.ModuleDict(parts)
         self.fusion = fusion
-        dims = [part.out_dim for part in parts.values()]
+        self.gated = gated
+        blocks = [name for name in parts if name != gated]  # the gated pair takes the ID part's place
+        dims = [parts[name].out_dim for name in blocks]
         if fusion == "sum" and len(set(dims)) > 1:
             raise ValueError(f"sum fusion needs parts of one width, got {dims}")
+        if gated is not None and parts[gated].out_dim != parts["id"].out_dim:
+            raise ValueError(f"the gated part '{gated}' must have the ID part's width {parts['id'].out_dim}, got {parts[gated].out_dim}")
         self.out_dim = dims[0] if fusion == "sum" else sum(dims)
 
     def forward(self, items: torch.Tensor) -> torch.Tensor:
         # items [...] -> [..., out_dim]
-        vectors = [part(items) for part in self.parts.values()]
+        vectors = []
+        for name, part in self.parts.items():
+            if name == self.gated:
+                continue
+            vector = part(items)
+            if name == "id" and self.gated is not None:
+                knowledge = self.parts[self.gated]
+                gate = knowledge.gate_of(items).unsqueeze(-1)  # [..., 1]
+                vector = gate * vector + (1 - gate) * knowledge(items)
+            vectors.append(vector)
         out = torch.stack(vectors).sum(0) if self.fusion == "sum" else torch.cat(vectors, dim=-1)
         return out * (items > 0).unsqueeze(-1)
 
 
-def build_item_encoder(data: SequenceData, dim: int, use_item_features: bool, fusion: str = "sum") -> ItemEncoder:
-    """ID embedding plus, when enabled and present in the data, genre and year embeddings."""
+def build_item_encoder(data: SequenceData, dim: int, use_item_features: bool, fusion: str = "sum",
+                       extra: dict[str, nn.Module] | None = None, gated: str | None = None) -> ItemEncoder:
+    """ID embedding plus, when enabled and present in the data, genre and year embeddings, plus `extra` parts (RER).
+
+    `gated` names the extra part mixed with the ID part by its popularity gate (see ItemEncoder).
+    """
     parts: dict[str, nn.Module] = {"id": IdPart(data.n_items, dim)}
     if use_item_features and data.n_genres:
         parts["genre"] = GenrePart(torch.from_numpy(data.item_genres), data.n_genres, dim)
     if use_item_features and data.n_years:
         parts["year"] = YearPart(torch.from_numpy(data.item_year), data.n_years, dim)
-    return ItemEncoder(parts, fusion)
+    parts.update(extra or {})
+    return ItemEncoder(parts, fusion, gated)

@@ -1,0 +1,294 @@
+"""RER in the ranker on MovieLens `ctr`: DIN vs DIN + raw text vs KAR-style adaptor vs DIN + RER, per knowledge source,
+with sparse-user / long-tail subsets and a cold-start experiment (10% of the items never trained).
+
+    python benchmarks/ctr_rer.py --dataset ml-100k                 # all rows, 3 seeds, results/ml-100k_ctr_rer.json
+    python benchmarks/ctr_rer.py --dataset ml-1m --seeds 2024      # the real benchmark, one seed
+    python benchmarks/ctr_rer.py --llm-records runs/x/knowledge/records.jsonl   # adds the `llm` knowledge source
+
+Knowledge sources: `metadata` (the items' title, year and genres as text), `llm` (records of the knowledge step),
+`agent4rec` (Agent4Rec's LLM-written movie summaries) and `tml1m` (plot, director and cast of the ML-1M movies);
+the last two are read from --reference-dir and matched to our item ids by title (reported), never copied here.
+Every row trains with the config's epochs / lr / patience (an equal tuning budget) and selects on valid AUC.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import RESULTS, ROOT, cached, finish, make_row, open_run  # noqa: E402
+
+from reaseq import pipeline  # noqa: E402
+from reaseq.config import RunConfig  # noqa: E402
+from reaseq.data.batches import history_lengths, item_train_counts  # noqa: E402
+from reaseq.data.cold import cold_split  # noqa: E402
+from reaseq.data.protocols import TEST, TRAIN, CTRSamples  # noqa: E402
+from reaseq.evaluate.aggregate import aggregate_runs, format_mean_sd, mean_sd  # noqa: E402
+from reaseq.io import write_with  # noqa: E402
+from reaseq.knowledge.config import ImportConfig  # noqa: E402
+from reaseq.knowledge.importer import import_knowledge  # noqa: E402
+from reaseq.knowledge.records import write_jsonl  # noqa: E402
+from reaseq.rank.ctr import run_ctr  # noqa: E402
+from reaseq.represent.step import metadata_records, run_embed  # noqa: E402
+from reaseq.represent.tables import KnowledgeTables, load_tables  # noqa: E402
+
+METRICS = ["auc", "gauc", "logloss"]
+CONFIGS = {"ml-100k": "ml-100k.yaml", "ml-1m": "ml-1m-ctr.yaml"}
+SOURCES = ["metadata", "llm", "agent4rec", "tml1m"]
+# Row name -> ModelConfig fields on top of the base DIN.
+VARIANTS: dict[str, dict[str, Any]] = {
+    "din": {},
+    "din_text": {"knowledge": "text"},
+    "kar": {"knowledge": "kar"},
+    "din_rer": {"knowledge": "aligned", "semantic_ids": True},
+}
+COLD_VARIANTS = ["din", "din_text", "din_rer"]
+AGENT4REC_FILE = "agent4rec_movies_augmentation.csv"
+TML1M_FILE = "tml1m_movies.csv"
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dataset", choices=sorted(CONFIGS), default="ml-100k")
+    parser.add_argument("--config", type=Path, default=None, help="default: configs/<the dataset's config>")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], help="config override for every row, e.g. train.epochs=3")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[2024, 2025, 2026])
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--sources", nargs="+", choices=SOURCES, default=SOURCES)
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
+    parser.add_argument("--llm-records", type=Path, default=None, help="knowledge records (JSONL) of the knowledge step")
+    parser.add_argument("--reference-dir", type=Path, default=ROOT.parent / "shared" / "data" / "ml-1m", help=f"folder of {AGENT4REC_FILE} and {TML1M_FILE}")
+    parser.add_argument("--rer-set", action="append", default=[], help="extra override for din_rer rows only, e.g. model.fine_tune_projection=true")
+    parser.add_argument("--tag", default="", help="suffix of the din_rer row names and cache files (for variants made with --rer-set)")
+    parser.add_argument("--sparse-history", type=int, default=50, help="sparse-user subset: test samples with at most this many earlier events")
+    parser.add_argument("--long-tail", type=int, default=100, help="long-tail subset: target items with at most this many training samples")
+    parser.add_argument("--cold-sources", nargs="*", choices=SOURCES, default=["metadata"], help="sources of the cold-start experiment (none: skip it)")
+    parser.add_argument("--cold-frac", type=float, default=0.1)
+    parser.add_argument("--cold-seed", type=int, default=0)
+    parser.add_argument("--work-dir", type=Path, default=None)
+    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--force", action="store_true", help="recompute rows cached in --work-dir")
+    return parser.parse_args()
+
+
+# --- knowledge sources ------------------------------------------------------------------------------
+
+
+def write_csv(path: Path, frame: pl.DataFrame) -> Path:
+    """A CSV written atomically."""
+    return write_with(path, lambda tmp: frame.write_csv(tmp))
+
+
+def import_reference(frame: pl.DataFrame, text_columns: list[str], name: str, our_ids: set[str], folder: Path) -> tuple[Path, dict[str, int]]:
+    """Records of a reference table keyed by our item ids (rows of other titles dropped and counted), via the importer."""
+    matched = frame.filter(pl.col("item_id").is_in(list(our_ids))).unique("item_id", keep="first", maintain_order=True)
+    csv = write_csv(folder / f"{name}.csv", matched.select("item_id", *text_columns))
+    records = import_knowledge(ImportConfig(path=csv, text_columns=text_columns, source_name=name), known_item_ids=our_ids)
+    path = write_jsonl(folder / f"{name}.jsonl", records)
+    counts = {"reference_rows": frame.height, "matched_items": matched.height, "catalogue": len(our_ids), "ok_records": sum(r.status == "ok" for r in records)}
+    return path, counts
+
+
+def source_records(source: str, items: pl.DataFrame, args: argparse.Namespace, folder: Path) -> tuple[Path | None, dict[str, Any]]:
+    """The records file of one knowledge source and how it matched the catalogue; (None, reason) where it is absent."""
+    our_ids = set(items["item_id"].to_list())
+    if source == "metadata":
+        records = metadata_records(items)
+        return write_jsonl(folder / "metadata.jsonl", records), {"catalogue": len(our_ids), "ok_records": sum(r.status == "ok" for r in records)}
+    if source == "llm":
+        if args.llm_records is None or not args.llm_records.is_file():
+            return None, {"skipped": f"no --llm-records file ({args.llm_records})"}
+        return args.llm_records, {"path": str(args.llm_records)}
+    agent4rec = args.reference_dir / AGENT4REC_FILE
+    if not agent4rec.is_file():
+        return None, {"skipped": f"{agent4rec} is absent"}
+    # All columns as text: the file's rating column holds some refusals written by the LLM.
+    a4r = pl.read_csv(agent4rec, infer_schema=False)
+    if source == "agent4rec":
+        # Its `title` is our item id ("Toy Story (1995)"), except for ~50 titles whose accents are corrupted.
+        frame = a4r.select(pl.col("title").alias("item_id"), "title", "summary")
+        return import_reference(frame, ["title", "summary"], source, our_ids, folder)
+    tml = args.reference_dir / TML1M_FILE
+    if not tml.is_file():
+        return None, {"skipped": f"{tml} is absent"}
+    # tml1m's MovieID k is the k-th smallest ML-1M movie id: map it to a title through Agent4Rec's sorted ids.
+    titles = a4r.select(pl.col("movie_id").cast(pl.Int64), "title").sort("movie_id").with_row_index("k", offset=1)
+    frame = pl.read_csv(tml, infer_schema=False).with_columns(pl.col("MovieID").cast(pl.Int64))
+    frame = frame.join(titles.select(pl.col("k").cast(pl.Int64), pl.col("title").alias("item_id")), left_on="MovieID", right_on="k")
+    frame = frame.rename({"Plot": "plot", "Director": "director", "Cast": "cast"}).with_columns(pl.col("item_id").alias("title"))
+    return import_reference(frame, ["title", "plot", "director", "cast"], source, our_ids, folder)
+
+
+# --- rows -------------------------------------------------------------------------------------------
+
+
+def variant_config(cfg: RunConfig, variant: str, rer_overrides: list[str]) -> RunConfig:
+    """The base config with one variant's model fields (and, for din_rer, the extra overrides)."""
+    fields = dict(VARIANTS[variant])
+    if variant == "din_rer":
+        for item in rer_overrides:
+            key, value = item.split("=", 1)
+            if not key.startswith("model."):
+                raise SystemExit(f"--rer-set takes model.* overrides, got {item}")
+            fields[key.removeprefix("model.")] = {"true": True, "false": False}.get(value.lower(), value)
+    model = cfg.model.model_validate({**cfg.model.model_dump(), **fields})
+    return cfg.model_copy(update={"model": model})
+
+
+def summarise_row(name: str, results: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
+    """One benchmark row: test metrics over seeds, valid AUC, subsets over seeds and the first seed's slices."""
+    subsets = {}
+    for subset in results[0].get("test_subsets", {}):
+        subsets[subset] = aggregate_runs([r["test_subsets"][subset]["metrics"] for r in results])
+    return make_row(
+        name, [r["test"]["metrics"] for r in results], [r["train_samples_per_s"] for r in results], [r["wall_s"] for r in results],
+        best_epochs=[r["best_epoch"] for r in results], valid={m: [r["valid"]["metrics"][m] for r in results] for m in METRICS},
+        subsets=subsets, slices=results[0]["test"]["slices"], **extra,
+    )
+
+
+def gain(rows: dict[str, dict[str, Any]], better: str, base: str, subset: str | None, metric: str) -> dict[str, Any] | None:
+    """Mean gain of `better` over `base` (paired by seed) and whether it exceeds 2 sd (of either row and of the pairs)."""
+    if better not in rows or base not in rows:
+        return None
+
+    def values(row: dict[str, Any]) -> list[float]:
+        block = row["metrics"] if subset is None else row["subsets"].get(subset)
+        return block[metric]["values"] if block else []
+
+    a, b = values(rows[better]), values(rows[base])
+    if not a or len(a) != len(b):
+        return None
+    diff = mean_sd([x - y for x, y in zip(a, b)])
+    spread = max(mean_sd(a)["sd"], mean_sd(b)["sd"], diff["sd"])
+    return {"gain": diff["mean"], "paired_sd": diff["sd"], "row_sd": max(mean_sd(a)["sd"], mean_sd(b)["sd"]), "exceeds_2sd": len(a) > 1 and diff["mean"] > 2 * spread}
+
+
+def main() -> None:
+    args = parse_args()
+    config = args.config or ROOT / "configs" / CONFIGS[args.dataset]
+    work = args.work_dir or ROOT / "runs" / "bench" / f"ctr_rer_{args.dataset}"
+    quiet = [f"represent.{part}.progress=false" for part in ("encoder", "align", "semantic_ids")]
+    run = open_run(config, [*quiet, *args.overrides, f"train.num_threads={args.threads}"], work / "run")
+    cfg = run.config
+    data, samples, _ = pipeline.load_data(run)
+    items = pl.read_parquet(run.root / "data" / "items.parquet")
+    rows_dir, sources_dir = work / "rows", work / "sources"
+    train = samples.of(TRAIN)
+    item_pop = item_train_counts(data, np.unique(train.pos))
+    subsets = {
+        "sparse_users": history_lengths(data, samples) <= args.sparse_history,
+        "long_tail": item_pop[samples.item] <= args.long_tail,
+    }
+    tag = f"_{args.tag}" if args.tag else ""
+
+    def rows_for(variants: list[str], source: str | None, tables: KnowledgeTables | None, row_samples: CTRSamples,
+                 run_kwargs: dict[str, Any], prefix: str = "") -> list[dict[str, Any]]:
+        out = []
+        for variant in variants:
+            row_cfg = variant_config(cfg, variant, args.rer_set)
+            suffix = tag if variant == "din_rer" else ""
+            name = f"{prefix}{variant}{suffix}" + (f"[{source}]" if source and variant != "din" else "")
+            file_stem = f"{prefix}{variant}{suffix}" + (f"_{source}" if source and variant != "din" else "")
+            results = []
+            for seed in args.seeds:
+                compute = lambda: run_ctr(data, row_samples, row_cfg, seed, tables=tables if variant != "din" else None, **run_kwargs)  # noqa: E731
+                results.append(cached(rows_dir / f"{file_stem}_seed{seed}.json", compute, args.force))
+            out.append(summarise_row(name, results, source=source, model=row_cfg.model.model_dump(mode="json", exclude={"knowledge_tables"})))
+            print(f"{name}: test auc {[round(r['test']['metrics']['auc'], 4) for r in results]}", file=sys.stderr)
+        return out
+
+    # Main experiment: din once, then the knowledge rows of every available source.
+    rows: list[dict[str, Any]] = []
+    matches: dict[str, Any] = {}
+    base_kwargs = {"test_subsets": subsets}
+    if "din" in args.variants:
+        rows += rows_for(["din"], None, None, samples, base_kwargs)
+    knowledge_variants = [v for v in args.variants if v != "din"]
+    sources_tables: dict[str, Path] = {}
+    for source in args.sources:
+        records, info = source_records(source, items, args, sources_dir)
+        matches[source] = info
+        if records is None:
+            print(f"source {source}: skipped ({info['skipped']})", file=sys.stderr)
+            continue
+        print(f"source {source}: {info}", file=sys.stderr)
+        tables_path = run_embed(run, records, name=source)
+        sources_tables[source] = records
+        tables = load_tables(tables_path)
+        info["embed"] = run.manifest["steps"][f"embed_{source}"]["metrics"]
+        rows += rows_for(knowledge_variants, source, tables, samples, base_kwargs)
+
+    # Cold start: a seeded 10% of the items never trained (targets dropped, masked from training histories,
+    # count 0 for RER's gate); scored on the test samples whose target is one of them.
+    cold_rows: list[dict[str, Any]] = []
+    cold_info: dict[str, Any] = {}
+    if args.cold_sources:
+        split = cold_split(data, samples, args.cold_frac, args.cold_seed)
+        cold_subsets = {"cold": split.test_mask(), "warm": (split.samples.split == TEST) & ~split.eval_mask}
+        cold_kwargs = {"test_subsets": cold_subsets, "train_hidden_items": split.cold_items}
+        cold_info = {"cold_items": len(split.cold_items), "frac": args.cold_frac, "seed": args.cold_seed, "cold_test_samples": int(split.test_mask().sum()),
+                     "dropped_train_samples": int(len(samples) - len(split.samples))}
+        prefix = f"cold{int(round(args.cold_frac * 100))}_"
+        cold_rows += rows_for(["din"], None, None, split.samples, cold_kwargs, prefix)
+        for source in args.cold_sources:
+            if source not in sources_tables:
+                continue
+            tables_path = run_embed(run, sources_tables[source], name=f"{source}_cold", exclude_items=split.cold_items)
+            cold_rows += rows_for([v for v in COLD_VARIANTS if v != "din"], source, load_tables(tables_path), split.samples, cold_kwargs, prefix)
+
+    by_name = {row["name"]: row for row in rows + cold_rows}
+    gains: dict[str, Any] = {}
+    for source in sources_tables:
+        rer = f"din_rer{tag}[{source}]"
+        for base in ("din", f"din_text[{source}]", f"kar[{source}]"):
+            for subset in (None, "sparse_users", "long_tail"):
+                for metric in ("auc", "gauc"):
+                    result = gain(by_name, rer, base, subset, metric)
+                    if result is not None:
+                        gains[f"{rer} vs {base} / {subset or 'all'} / {metric}"] = result
+        cold_prefix = f"cold{int(round(args.cold_frac * 100))}_"
+        for base in (f"{cold_prefix}din", f"{cold_prefix}din_text[{source}]"):
+            for metric in ("auc", "gauc"):
+                result = gain(by_name, f"{cold_prefix}din_rer{tag}[{source}]", base, "cold", metric)
+                if result is not None:
+                    gains[f"{cold_prefix}din_rer{tag}[{source}] vs {base} / cold / {metric}"] = result
+
+    out = args.out or RESULTS / f"{cfg.dataset.name}_ctr_rer{tag}.json"
+    protocol = {
+        "name": "ctr", **cfg.protocol.ctr.model_dump(), "text": pipeline.protocol_text(cfg), "threads": args.threads,
+        "din": cfg.model.model_dump(mode="json"), "train": cfg.train.model_dump(exclude={"seeds", "progress"}),
+        "represent": cfg.represent.model_dump(mode="json"), "rer_overrides": args.rer_set,
+        "subsets": {"sparse_users": f"test samples with <= {args.sparse_history} earlier events", "long_tail": f"target items with <= {args.long_tail} training samples"},
+        "cold_start": {**cold_info, "text": "a seeded share of the items is held out: their training samples are dropped, they are masked out of training histories "
+                       "and excluded from RER's collaborative side and gate (count 0); 'cold' = test samples whose target is held out, 'warm' = the other test samples"},
+        "tuning": "every row: the config's epochs, lr, batch size and patience; model selection on valid AUC",
+    }
+    finish("ctr_rer", cfg, protocol, args.seeds, rows + cold_rows, METRICS, out, sources=matches, gains=gains)
+    print(subset_table(rows + cold_rows))
+    for key, value in gains.items():
+        print(f"{key}: {value['gain']:+.4f} (paired sd {value['paired_sd']:.4f}, row sd {value['row_sd']:.4f}){' > 2 sd' if value['exceeds_2sd'] else ''}")
+
+
+def subset_table(rows: list[dict[str, Any]]) -> str:
+    """AUC / GAUC of every row on its subsets (sparse users, long tail, cold, warm)."""
+    names = sorted({s for row in rows for s in row.get("subsets", {})})
+    header = ["model", *[f"{s} {m}" for s in names for m in ("auc", "gauc")]]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
+    for row in rows:
+        cells = [row["name"]]
+        for s in names:
+            block = row.get("subsets", {}).get(s)
+            cells += [format_mean_sd(block[m]) if block else "—" for m in ("auc", "gauc")]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n" + "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
