@@ -149,6 +149,23 @@ def knowledge(
     typer.echo(f"records: {output_dir(run, shard or run.config.knowledge.shard)}")
 
 
+@app.command()
+@_guard
+def embed(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    run_dir: RunDirOpt = None,
+    force: ForceOpt = False,
+    records: Annotated[Optional[Path], typer.Option(help="Knowledge records (JSONL); default: the knowledge step's output.")] = None,
+) -> None:
+    """Encode, align and quantise knowledge records into RER's tables (knowledge vectors, gate, semantic IDs)."""
+    from reaseq import pipeline
+
+    run = _open_run(config, set_, run_dir)
+    pipeline.prepare(run)
+    typer.echo(f"tables: {pipeline.embed(run, records, force=force)}")
+
+
 @app.command("knowledge-merge")
 @_guard
 def knowledge_merge(

@@ -119,9 +119,27 @@ def protocol_text(cfg: RunConfig) -> str:
     )
 
 
+def embed(run: RunDir, records: Path | None = None, force: bool = False) -> Path:
+    """RER tables (encoded, aligned, quantised knowledge) from the run's knowledge records or a given records file."""
+    from reaseq.knowledge.step import records_path
+    from reaseq.represent.step import run_embed
+
+    return run_embed(run, records or records_path(run), force=force)
+
+
+def _with_run_tables(run: RunDir) -> RunConfig:
+    """The run's config, pointing knowledge parts at the run's own RER tables when none are named."""
+    from reaseq.represent.step import tables_path
+
+    cfg = run.config
+    if (cfg.model.knowledge != "none" or cfg.model.semantic_ids) and cfg.model.knowledge_tables is None:
+        return cfg.model_copy(update={"model": cfg.model.model_copy(update={"knowledge_tables": tables_path(run)})})
+    return cfg
+
+
 def train(run: RunDir, force: bool = False) -> dict[str, Any]:
     """Train the configured model for every seed (finished seeds are skipped), then aggregate and report."""
-    cfg = run.config
+    cfg = _with_run_tables(run)
     data, ctr, topk = load_data(run)
     active = cfg.protocol.ctr if cfg.protocol.name == "ctr" else cfg.protocol.topk
     section = {
@@ -131,6 +149,8 @@ def train(run: RunDir, force: bool = False) -> dict[str, Any]:
         "evaluate": cfg.evaluate.model_dump(),
     }
     inputs = [run.root / DATA_DIR / name for name in (*PREPARED_FILES, CTR_SAMPLES_FILE)]
+    if cfg.model.knowledge_tables is not None:  # the tables' content, not just their path, keys the step
+        inputs += [p for p in (Path(cfg.model.knowledge_tables), Path(cfg.model.knowledge_tables).with_suffix(".json")) if p.exists()]
     rows = []
     for seed in cfg.train.seeds:
         name = f"train_seed{seed}"
@@ -178,7 +198,7 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 def evaluate(run: RunDir) -> dict[str, Any]:
     """Re-score the test split with the saved checkpoints and write evaluation.json + report."""
-    cfg = run.config
+    cfg = _with_run_tables(run)
     if not (run.root / DATA_DIR / "vocab.json").exists():
         raise InputError(run.root / DATA_DIR, "vocab.json", "this run has no prepared data", "run `reaseq train` (or `reaseq prepare`) with this config first")
     data, ctr, topk = load_data(run)
