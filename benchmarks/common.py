@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import shlex
+import socket
 import subprocess
 import sys
 import time
@@ -26,6 +27,13 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 RECBOLE_PYTHON = ROOT / ".venv-recbole" / "bin" / "python"
 RECBOLE_RUNNER = ROOT / "benchmarks" / "peers" / "recbole_runner.py"
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free right now (for a server the benchmark starts)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def command_line() -> str:

@@ -17,10 +17,8 @@ from pathlib import Path
 import polars as pl
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, ROOT, command_line, open_run  # noqa: E402
+from common import RESULTS, ROOT, finish, open_run  # noqa: E402
 
-from reaseq.evaluate.results import benchmark_record, markdown_table  # noqa: E402
-from reaseq.io import write_json  # noqa: E402
 from reaseq.knowledge.agents import generate_knowledge  # noqa: E402
 from reaseq.knowledge.backends import make_backend  # noqa: E402
 from reaseq.knowledge.cache import KnowledgeCache  # noqa: E402
@@ -122,10 +120,7 @@ def main() -> None:
         "synonym map to the 18 MovieLens genres) against the MovieLens genres; year: the decade stated in the record. "
         "valid_json_rate = valid answers / model attempts; critic_revision_rate = items whose draft the critic sent back."
     )
-    record = benchmark_record("knowledge_quality", command_line(), "ml-1m", protocol, [knowledge.decoding.seed or 0], rows)
-    write_json(args.out, record)
-    print(markdown_table(record, QUALITY_METRICS))
-    print(f"\nwrote {args.out}")
+    finish("knowledge_quality", run.config, protocol, [knowledge.decoding.seed or 0], rows, QUALITY_METRICS, args.out)
 
 
 if __name__ == "__main__":

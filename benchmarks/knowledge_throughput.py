@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -25,9 +24,8 @@ import httpx
 import polars as pl
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, ROOT, command_line, open_run  # noqa: E402
+from common import RESULTS, ROOT, finish, free_port, open_run  # noqa: E402
 
-from reaseq.evaluate.results import benchmark_record, markdown_table  # noqa: E402
 from reaseq.io import write_json  # noqa: E402
 from reaseq.knowledge.agents import generate_knowledge  # noqa: E402
 from reaseq.knowledge.backends.base import Completion, LLMBackend, Message  # noqa: E402
@@ -92,12 +90,6 @@ def cached_rerun(items: list, knowledge: Any, cache_dir: Path, backend: LLMBacke
     t = time.perf_counter()
     generate_knowledge(items, backend, knowledge.agents, knowledge.decoding, KnowledgeCache(cache_dir))
     return time.perf_counter() - t
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def start_server(model: Path, threads: int, n_ctx: int) -> tuple[subprocess.Popen, str]:
@@ -180,10 +172,7 @@ def main() -> None:
         f"alternate every {args.block} items; tokens_per_s = generated tokens / wall seconds; overhead = 1 - pipeline/raw. "
         f"cached_rerun_s: the agents over all {len(catalogue)} items from the cache in replay-only mode."
     )
-    record = benchmark_record("knowledge_throughput", command_line(), "ml-1m", protocol, [knowledge.decoding.seed or 0], rows)
-    write_json(args.out, record)
-    print(markdown_table(record, METRICS))
-    print(f"\nwrote {args.out}")
+    finish("knowledge_throughput", run.config, protocol, [knowledge.decoding.seed or 0], rows, METRICS, args.out)
 
 
 if __name__ == "__main__":

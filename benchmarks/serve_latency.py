@@ -15,7 +15,6 @@ import json
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -29,7 +28,7 @@ import polars as pl
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, ROOT, finish, make_row, open_run
+from common import RESULTS, ROOT, finish, free_port, make_row, open_run
 
 from reaseq import pipeline
 from reaseq.config import RunConfig
@@ -72,12 +71,6 @@ def trained_run(args: argparse.Namespace) -> tuple[Path, RunConfig]:
     run = open_run(args.config, [*args.overrides, f"data_cache={ROOT / '.cache' / 'reaseq'}"], args.work_dir / "ml-100k-din")
     pipeline.train(run)
     return run.root, run.config
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def start_server(run_dir: Path, cfg: ServeConfig) -> subprocess.Popen:
