@@ -83,6 +83,14 @@ def build_ctr_samples(data: SequenceData, cfg: CTRProtocolConfig, seed: int = 0)
     return CTRSamples(pos.astype(np.int64), user.astype(np.int64), item.astype(np.int64), label, split)
 
 
+def ctr_train_rows(data: SequenceData, samples: CTRSamples) -> np.ndarray:
+    """Bool [N]: each user's events before their first validation or test sample (all events if they have none)."""
+    first_held_out = data.offsets[1:].copy()
+    held_out = samples.split != TRAIN
+    np.minimum.at(first_held_out, samples.user[held_out], samples.pos[held_out])
+    return np.arange(len(data.items)) < first_held_out[data.users]
+
+
 @dataclass
 class TopKSplit:
     """Leave-one-out by time: per user, the last event is test, the one before valid, the rest train."""

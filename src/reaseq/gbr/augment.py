@@ -8,7 +8,7 @@ import numpy as np
 import polars as pl
 
 from reaseq.data.dataset import SequenceData
-from reaseq.data.protocols import TRAIN, CTRSamples
+from reaseq.data.protocols import ctr_train_rows  # noqa: F401  (re-exported: gbr callers pick training rows here)
 from reaseq.errors import InputError
 from reaseq.gbr.config import GBRConfig
 from reaseq.gbr.infer import infer
@@ -17,14 +17,6 @@ from reaseq.gbr.train import check_rows
 from reaseq.io import write_with
 
 TABLE_SCHEMA = {"user": pl.Int64, "slot": pl.Int32, "item": pl.Int64, "confidence": pl.Float32}
-
-
-def ctr_train_rows(data: SequenceData, samples: CTRSamples) -> np.ndarray:
-    """Bool [N]: each user's events before their first validation or test sample (all events if they have none)."""
-    first_held_out = data.offsets[1:].copy()
-    held_out = samples.split != TRAIN
-    np.minimum.at(first_held_out, samples.user[held_out], samples.pos[held_out])
-    return np.arange(len(data.items)) < first_held_out[data.users]
 
 
 def user_histories(data: SequenceData, train_rows: np.ndarray) -> list[np.ndarray]:

@@ -18,7 +18,7 @@ import torch
 
 from reaseq.data.dataset import SequenceData, load_prepared
 from reaseq.data.prepare import PREPARED_FILES
-from reaseq.data.protocols import TRAIN, CTRSamples, build_topk_split, load_ctr_samples
+from reaseq.data.protocols import build_topk_split, ctr_train_rows, load_ctr_samples
 from reaseq.errors import InputError
 from reaseq.knowledge.records import KnowledgeRecord, read_jsonl, render_text
 from reaseq.represent.tables import build_tables, companion_paths, save_tables
@@ -71,14 +71,6 @@ def collab_from_checkpoint(run_dir: str | Path, seed: int) -> np.ndarray:
     if ID_EMBEDDING_KEY not in state:
         raise InputError(path, ID_EMBEDDING_KEY, "the checkpoint has no item ID embedding (not a DIN checkpoint?)", fix)
     return state[ID_EMBEDDING_KEY].float().numpy()
-
-
-def ctr_train_rows(data: SequenceData, samples: CTRSamples) -> np.ndarray:
-    """Bool [N]: each user's events before their first validation or test sample (all events if they have none)."""
-    first_held_out = data.offsets[1:].copy()
-    held_out = samples.split != TRAIN
-    np.minimum.at(first_held_out, samples.user[held_out], samples.pos[held_out])
-    return np.arange(len(data.items)) < first_held_out[data.users]
 
 
 def texts_by_item(records: Sequence[KnowledgeRecord], items: pl.DataFrame, file: str | Path = "records") -> tuple[dict[int, str], dict[str, int]]:
