@@ -4,7 +4,7 @@
     python benchmarks/beyond_log.py --budget-s 60 --seeds 1  # a quicker look
 
 GBR and SASRec get the same training time budget on the same visible corpus; every generator must
-return K off-platform items the user has not seen. See docs/beyond_log.md for the protocol.
+return K off-platform items the user has not seen. See docs/protocols.md for the protocol.
 """
 
 from __future__ import annotations

@@ -234,10 +234,14 @@ def test_demo_quick_end_to_end(embedded_wheel, tmp_path: Path, monkeypatch: pyte
     assert report.is_file() and str(report) in result.output
     rows = [line.split("|")[1:-1] for line in report.read_text(encoding="utf-8").splitlines() if line.startswith("| ")]
     table = {(r[0].strip(), r[1].strip(), r[2].strip()): r[3].strip() for r in rows[1:]}
-    for protocol, model, metric in [("ctr", "din", "auc"), ("ctr", "din", "logloss"), ("topk", "sasrec", "ndcg@10"), ("topk", "sasrec", "hr@10"), ("ctr", "popularity", "auc")]:
+    full = "reaseq (din + rer + gbr)"
+    for protocol, model, metric in [("ctr", "din", "auc"), ("ctr", "din", "logloss"), ("topk", "sasrec", "ndcg@10"), ("topk", "sasrec", "hr@10"), ("ctr", "popularity", "auc"), ("ctr", full, "auc")]:
         value = table[(protocol, model, metric)]
         mean = float(value.split("±")[0])
         assert 0.0 <= mean <= (10.0 if metric == "logloss" else 1.0), value
     assert 0.5 < float(table[("ctr", "din", "auc")].split("±")[0])
+    # Both paths ran: RER's tables and GBR's table fed the full ranker.
+    assert "GBR: 943 users x 20 inferred items (validity 1.00" in report.read_text(encoding="utf-8")
+    assert (tmp_path / "demo" / "ctr-reaseq" / "embed" / "knowledge.npz").is_file() and (tmp_path / "demo" / "ctr-reaseq" / "gbr" / "inferred.parquet").is_file()
     card = json.loads((tmp_path / "demo" / "ctr-din" / "data" / "card.json").read_text(encoding="utf-8"))
     assert card["counts"]["users"] == 943

@@ -79,10 +79,24 @@ def train(config: ConfigOpt = None, set_: SetOpt = None, run_dir: RunDirOpt = No
     """Train the configured model for each seed (prepares data first if needed); early stopping on validation."""
     from reaseq import pipeline
     from reaseq.evaluate.aggregate import format_mean_sd
+    from reaseq.rank import distributed
 
-    run = _open_run(config, set_, run_dir)
-    pipeline.prepare(run)
-    summary = pipeline.train(run, force=force)
+    # Under torchrun every rank runs this command (DDP): rank 0 prepares the data while the others wait (two
+    # writers would race on data/), then all ranks train together and only rank 0 writes the run's files.
+    ctx = distributed.init_from_env(load_config(config, set_ or []).train.device)
+    try:
+        if not ctx.is_main:
+            distributed.barrier(ctx)
+        run = _open_run(config, set_, run_dir)  # the other ranks open it after prepare, so they read its manifest
+        if ctx.is_main:
+            pipeline.prepare(run)
+            distributed.barrier(ctx)
+        distributed.log_on_main_only(ctx)
+        summary = pipeline.train(run, force=force)
+    finally:
+        distributed.cleanup()
+    if not ctx.is_main:
+        return
     for name, value in summary["test"].items():
         typer.echo(f"test {name}: {format_mean_sd(value)}")
     typer.echo(f"report: {run.root / 'report.md'}")
@@ -164,6 +178,38 @@ def embed(
     run = _open_run(config, set_, run_dir)
     pipeline.prepare(run)
     typer.echo(f"tables: {pipeline.embed(run, records, force=force)}")
+
+
+@app.command()
+@_guard
+def gbr(config: ConfigOpt = None, set_: SetOpt = None, run_dir: RunDirOpt = None, force: ForceOpt = False) -> None:
+    """Train GBR (the masked diffusion model) on early training behaviour and write each user's inferred behaviours."""
+    from reaseq import pipeline
+
+    run = _open_run(config, set_, run_dir)
+    pipeline.prepare(run)
+    typer.echo(f"inferred behaviours: {pipeline.gbr(run, force=force)}")
+
+
+@app.command()
+@_guard
+def ablate(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    run_dir: RunDirOpt = None,
+    force: ForceOpt = False,
+    rows: Annotated[Optional[list[str]], typer.Option("--row", help="Ablation row (repeatable): din, din_rer, din_gbr, reaseq, kar, din_text. Default: all but din_text.")] = None,
+    seeds: Annotated[Optional[list[int]], typer.Option("--seed", help="Seed (repeatable); default: train.seeds of the config.")] = None,
+    records: Annotated[Optional[Path], typer.Option(help="Knowledge records (JSONL) for RER; default: the knowledge step's output, else the items' metadata.")] = None,
+    jobs: Annotated[int, typer.Option(help="(row, seed) trainings run in parallel processes.")] = 1,
+) -> None:
+    """Run the ReaSeq ablation (din, din_rer, din_gbr, reaseq, kar) over seeds; write ablation.json, report.md and a plot."""
+    from reaseq.ablate import ablation_table, run_ablation
+
+    run = _open_run(config, set_, run_dir)
+    record = run_ablation(run, rows, seeds, records, jobs=jobs, force=force)
+    typer.echo(ablation_table(record))
+    typer.echo(f"report: {run.root / 'ablation' / 'report.md'}")
 
 
 @app.command("knowledge-merge")

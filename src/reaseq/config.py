@@ -9,6 +9,7 @@ import yaml
 from pydantic import Field, ValidationError, model_validator
 
 from reaseq.errors import ConfigError
+from reaseq.gbr.config import GBRConfig
 from reaseq.knowledge.config import KnowledgeConfig
 from reaseq.represent.config import RepresentConfig
 from reaseq.strict import Strict
@@ -90,6 +91,10 @@ class ModelConfig(Strict):
     kar_hidden: int = Field(64, ge=1)  # KAR adaptor: hidden width of each expert
     fine_tune_projection: bool = False  # "aligned": train the text -> collaborative projection with the ranker
     knowledge_tables: Path | None = None  # the embed step's tables (knowledge.npz); the pipeline sets it
+    # GBR in the ranker (DIN): a second target attention over the user's inferred behaviours, beside the real
+    # sequence; each inferred item carries a source flag and its confidence. Needs the gbr step's table.
+    inferred: bool = False
+    inferred_table: Path | None = None  # the gbr step's table (inferred.parquet); the pipeline sets it
 
 
 class TrainConfig(Strict):
@@ -106,6 +111,7 @@ class TrainConfig(Strict):
     num_threads: int | None = None  # torch threads; None = all cores
     time_budget_s: float | None = None  # stop after the epoch that crosses this budget
     progress: bool = True
+    device: str = "cpu"  # "cuda" trains and scores on a GPU; batches are built on CPU either way
 
 
 class EvaluateConfig(Strict):
@@ -127,6 +133,7 @@ class RunConfig(Strict):
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     knowledge: KnowledgeConfig = Field(default_factory=KnowledgeConfig)
     represent: RepresentConfig = Field(default_factory=RepresentConfig)
+    gbr: GBRConfig = Field(default_factory=GBRConfig)
 
     @model_validator(mode="after")
     def _model_fits_protocol(self) -> RunConfig:

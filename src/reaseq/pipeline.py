@@ -1,10 +1,11 @@
-"""The staged, resumable steps behind the CLI: prepare -> train -> evaluate (later issues add knowledge, embed, gbr)."""
+"""The staged, resumable steps behind the CLI: prepare -> knowledge -> embed -> gbr -> train -> evaluate."""
 
 from __future__ import annotations
 
 import json
 import logging
 import shutil
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -30,11 +31,12 @@ from reaseq.evaluate.aggregate import aggregate_runs
 from reaseq.evaluate.report import write_report
 from reaseq.errors import ConfigError, InputError
 from reaseq.io import write_json
-from reaseq.rank.ctr import ctr_report, predict_ctr, run_ctr
+from reaseq.rank import distributed
+from reaseq.rank.ctr import ctr_report, inferred_for, predict_ctr, run_ctr
 from reaseq.rank.models.din import build_din
 from reaseq.rank.models.sasrec import build_sasrec
 from reaseq.rank.topk import rank_targets, run_topk, topk_report
-from reaseq.runs import RunDir
+from reaseq.runs import RunDir, StepRecord
 
 log = logging.getLogger("reaseq")
 
@@ -127,19 +129,34 @@ def embed(run: RunDir, records: Path | None = None, force: bool = False) -> Path
     return run_embed(run, records or records_path(run), force=force)
 
 
+def gbr(run: RunDir, force: bool = False) -> Path:
+    """GBR's inferred-behaviour table (training the diffusion model), its token embeddings from the run's RER tables if any."""
+    from reaseq.gbr.step import run_gbr
+    from reaseq.represent.step import tables_path
+
+    tables = tables_path(run)
+    return run_gbr(run, tables if tables.is_file() else None, force=force)
+
+
 def _with_run_tables(run: RunDir) -> RunConfig:
-    """The run's config, pointing knowledge parts at the run's own RER tables when none are named."""
+    """The run's config, pointing knowledge parts at the run's own RER tables and the inferred part at its GBR table."""
+    from reaseq.gbr.step import inferred_path
     from reaseq.represent.step import tables_path
 
     cfg = run.config
+    update: dict[str, Any] = {}
     if (cfg.model.knowledge != "none" or cfg.model.semantic_ids) and cfg.model.knowledge_tables is None:
-        return cfg.model_copy(update={"model": cfg.model.model_copy(update={"knowledge_tables": tables_path(run)})})
-    return cfg
+        update["knowledge_tables"] = tables_path(run)
+    if cfg.model.inferred and cfg.model.inferred_table is None:
+        update["inferred_table"] = inferred_path(run)
+    return cfg.model_copy(update={"model": cfg.model.model_copy(update=update)}) if update else cfg
 
 
 def train(run: RunDir, force: bool = False) -> dict[str, Any]:
     """Train the configured model for every seed (finished seeds are skipped), then aggregate and report."""
     cfg = _with_run_tables(run)
+    # Under torchrun every rank trains (DDP); only rank 0 writes results, manifest records and reports.
+    ctx = distributed.init_from_env(cfg.train.device)
     data, ctr, topk = load_data(run)
     active = cfg.protocol.ctr if cfg.protocol.name == "ctr" else cfg.protocol.topk
     section = {
@@ -151,6 +168,8 @@ def train(run: RunDir, force: bool = False) -> dict[str, Any]:
     inputs = [run.root / DATA_DIR / name for name in (*PREPARED_FILES, CTR_SAMPLES_FILE)]
     if cfg.model.knowledge_tables is not None:  # the tables' content, not just their path, keys the step
         inputs += [p for p in (Path(cfg.model.knowledge_tables), Path(cfg.model.knowledge_tables).with_suffix(".json")) if p.exists()]
+    if cfg.model.inferred_table is not None and Path(cfg.model.inferred_table).exists():
+        inputs.append(Path(cfg.model.inferred_table))
     rows = []
     for seed in cfg.train.seeds:
         name = f"train_seed{seed}"
@@ -160,19 +179,21 @@ def train(run: RunDir, force: bool = False) -> dict[str, Any]:
             log.info("%s: up to date, skipped", name)
             rows.append(_read_json(seed_dir / "result.json"))
             continue
-        with run.step(name, key) as record:
+        with run.step(name, key) if ctx.is_main else nullcontext(StepRecord(key, [])) as record:
             seed_dir.mkdir(parents=True, exist_ok=True)
             if cfg.protocol.name == "ctr":
                 result = run_ctr(data, ctr, cfg, seed, seed_dir)
             else:
                 result = run_topk(topk, cfg, seed, seed_dir)
-            write_json(seed_dir / "result.json", result)
+            if ctx.is_main:
+                write_json(seed_dir / "result.json", result)
             record.outputs = [f"train/seed{seed}/result.json"] + ([f"train/seed{seed}/model.pt"] if (seed_dir / "model.pt").exists() else [])
             record.metrics = result["test"]["metrics"]
         rows.append(result)
     summary = summarise(cfg, rows)
-    write_json(run.root / "metrics.json", summary)
-    write_report(run.root, f"{cfg.dataset.name} {cfg.protocol.name}: {cfg.model.name}", summary["test"], rows[0]["test"]["slices"], rows[0]["curves"], protocol_text(cfg))
+    if ctx.is_main:
+        write_json(run.root / "metrics.json", summary)
+        write_report(run.root, f"{cfg.dataset.name} {cfg.protocol.name}: {cfg.model.name}", summary["test"], rows[0]["test"]["slices"], rows[0]["curves"], protocol_text(cfg))
     return summary
 
 
@@ -214,7 +235,8 @@ def evaluate(run: RunDir) -> dict[str, Any]:
             model = build_din(data, cfg.model)
             model.load_state_dict(state)
             test = ctr.of(TEST)
-            probs = predict_ctr(model, CTRBatcher(data, cfg.protocol.ctr.max_len), test, cfg.train.eval_batch_size)
+            behaviours = inferred_for(cfg, data) if cfg.model.inferred else None
+            probs = predict_ctr(model, CTRBatcher(data, cfg.protocol.ctr.max_len, behaviours), test, cfg.train.eval_batch_size)
             item_pop = item_train_counts(data, np.unique(ctr.of(TRAIN).pos))
             results.append({"seed": seed, "test": ctr_report(data, test, probs, item_pop, cfg)})
         else:

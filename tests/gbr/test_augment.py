@@ -47,7 +47,7 @@ def test_table_has_k_distinct_unseen_items_per_user(chains: SequenceData) -> Non
     rows = build_topk_split(chains, TopKProtocolConfig()).train_mask()
     model, _ = train_gbr(chains, rows, cfg)
     table = inferred_table(model, chains, rows, cfg)
-    assert table.columns == ["user", "slot", "item", "confidence"]
+    assert table.columns == ["user", "slot", "item", "confidence", "as_of"]
     assert table.height == chains.n_users * cfg.k
     assert table.group_by("user").agg(pl.col("item").n_unique())["item"].min() == cfg.k
     histories = user_histories(chains, rows)
@@ -90,7 +90,7 @@ def test_ctr_held_out_behaviour_never_reaches_gbr(chains: SequenceData) -> None:
 
 
 def test_table_round_trip_and_bad_files(chains: SequenceData, tmp_path: Path) -> None:
-    table = pl.DataFrame({"user": [0, 0], "slot": [0, 1], "item": [3, 4], "confidence": [0.5, 0.25]})
+    table = pl.DataFrame({"user": [0, 0], "slot": [0, 1], "item": [3, 4], "confidence": [0.5, 0.25], "as_of": [2, 2]})
     path = write_inferred_table(table, tmp_path / "inferred.parquet")
     assert read_inferred_table(path, chains.n_items).equals(table.cast({"slot": pl.Int32, "confidence": pl.Float32}))
     table.drop("confidence").write_parquet(tmp_path / "bad.parquet")

@@ -33,12 +33,20 @@ class GBRConfig(Strict):
     time_budget_s: float | None = None  # stop after the round that crosses this many seconds (validation included)
     seed: int = 0
     num_threads: int | None = None  # torch threads; None leaves torch's default
+    device: str = "cpu"  # where training runs ("cuda" on a GPU); inference for the table runs on CPU
     # Inference: K masked slots unmasked over `steps` rounds.
     k: int = Field(20, ge=1)
     steps: int = Field(10, ge=1)
     temperature: float = Field(0.0, ge=0.0)  # 0 = argmax; > 0 samples with Gumbel noise on logits / temperature
     remasking: Literal["confidence", "random"] = "confidence"  # which slots to commit per round
     infer_batch_size: int = Field(512, ge=1)  # users per forward pass
+    # The pipeline step (`reaseq gbr`): which behaviour GBR sees and when the ranker may use what it infers.
+    # GBR learns from, and infers from, the first `as_of_frac` of each user's training events; the ranker reads
+    # the inferred behaviours only for samples after that point. So no label the ranker trains on ever reaches
+    # GBR, and training samples see inferred behaviours exactly as validation and test samples do (inferred
+    # before the event, from older behaviour), as a table refreshed offline would be in production.
+    as_of_frac: float = Field(0.8, gt=0.0, le=1.0)
+    init_from_knowledge: bool = True  # start token embeddings from RER's aligned vectors when the run has them
 
     @model_validator(mode="after")
     def _slots_fit(self) -> GBRConfig:

@@ -19,6 +19,7 @@ from reaseq.data.dataset import SequenceData
 from reaseq.errors import InputError
 from reaseq.gbr.config import GBRConfig
 from reaseq.gbr.model import PAD, MaskedDiffusionLM, mask_token
+from reaseq.rank import distributed
 from reaseq.rank.fit import FitResult, fit, save_checkpoint
 
 log = logging.getLogger("reaseq")
@@ -155,6 +156,9 @@ def diffusion_loss(model: MaskedDiffusionLM, tokens: torch.Tensor, cfg: GBRConfi
     """LLaDA's objective: per row, sum of masked-token cross-entropies / (t * maskable length), averaged over rows."""
     tokens, maskable = prompt_response(tokens, cfg, response_items, generator)
     noisy, masked, t = mask_tokens(tokens, maskable, mask_token(model.n_items), cfg.eps, generator)
+    # Noise is drawn on CPU (same masks on every device), then the batch moves to the model.
+    device = model.output_bias.device
+    tokens, maskable, noisy, masked, t = (x.to(device) for x in (tokens, maskable, noisy, masked, t))
     hidden = model.hidden(noisy)[masked]  # [n_masked, D]: the head runs only where there is a loss
     ce = F.cross_entropy(model.logits(hidden), tokens[masked], reduction="none")  # [n_masked]
     lengths = maskable.sum(dim=1).clamp(min=1)  # [B]
@@ -220,29 +224,46 @@ def train_gbr(
     model = MaskedDiffusionLM(data.n_items, cfg, init_embeddings)
     if cfg.popularity_bias:
         model.init_output_bias(np.bincount(windows.items.numpy(), minlength=data.n_items + 1))
+    ctx = distributed.init_from_env(cfg.device)  # under torchrun: join the group (and pick this rank's GPU) before moving the model
+    model.to(cfg.device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     next_round = round_sampler(len(train_idx), eval_every, generator)
     response = None if response_items is None else torch.from_numpy(_checked_items(response_items, data.n_items))
+    # Under DDP (torchrun) the loss runs as the forward of the wrapped objective, so gradients are averaged over
+    # ranks; each rank trains on its share of every round's windows, cfg.batch_size staying the global batch.
+    objective = distributed.wrap_model(distributed.Objective(model, lambda m, tokens, noise: diffusion_loss(m, tokens, cfg, noise, response)), ctx)
+    batch_size = distributed.local_batch_size(cfg.batch_size, ctx)
+    noise = generator
+    if ctx.world_size > 1:
+        # The window order must match on every rank (it comes from `generator`); masks and dropout must not,
+        # or the ranks' rows would share their noise.
+        noise = torch.Generator().manual_seed(distributed.rank_seed(cfg.seed, ctx))
+        torch.manual_seed(distributed.rank_seed(cfg.seed, ctx))
 
     def train_round(epoch: int) -> tuple[float, int]:
-        order = train_idx[next_round()]
+        order = distributed.shard_indices(train_idx[next_round()], ctx)
         total, tokens_seen, batches = 0.0, 0, 0
-        for offset in range(0, len(order), cfg.batch_size):
-            loss, n_tokens = diffusion_loss(model, windows.gather(order[offset : offset + cfg.batch_size]), cfg, generator, response)
+        for offset in range(0, len(order), batch_size):
+            loss, n_tokens = objective(windows.gather(order[offset : offset + batch_size]), noise)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             total, tokens_seen, batches = total + loss.item(), tokens_seen + n_tokens, batches + 1
-        return total / max(batches, 1), tokens_seen
+        return distributed.all_reduce_mean(total / max(batches, 1), ctx), int(distributed.all_reduce_sum(tokens_seen, ctx))
+
+    def validate() -> float:
+        # Every rank scores all validation windows; the mean keeps early stopping bit-identical across ranks.
+        return -distributed.all_reduce_mean(validation_loss(model, windows, cfg, response), ctx)
 
     schedule = TrainConfig(epochs=cfg.epochs, patience=cfg.patience, time_budget_s=cfg.time_budget_s, progress=False)
-    result = fit(model, train_round, lambda: -validation_loss(model, windows, cfg, response), schedule)
+    result = fit(model, train_round, validate, schedule)
     record = GBRTrainResult(
         fit=result, train_windows=len(train_idx), valid_windows=int(windows.is_valid.sum()),
         train_tokens=int((windows.end - windows.start)[~windows.is_valid].sum()), wall_s=time.perf_counter() - started,
         curves={"train_loss": result.curves["train_loss"], "valid_loss": [-v for v in result.curves["valid"]]},
     )
-    if checkpoint is not None:
+    model.cpu()  # inference and the saved weights live on CPU
+    if checkpoint is not None and ctx.is_main:
         save_gbr(model, cfg, checkpoint)
     log.info("gbr: best round %d of %d, valid loss %.4f, %.0f tokens/s", result.best_epoch, result.epochs_run, -result.best_valid, record.tokens_per_s)
     return model, record

@@ -18,7 +18,10 @@ from reaseq.data.batches import CTRBatcher, history_lengths, item_train_counts
 from reaseq.data.dataset import SequenceData
 from reaseq.data.protocols import TEST, TRAIN, VALID, CTRSamples
 from reaseq.evaluate.metrics import ctr_metrics
+from reaseq.errors import ConfigError
 from reaseq.evaluate.slices import ctr_slices
+from reaseq.gbr.augment import InferredBehaviours, load_inferred
+from reaseq.rank import distributed
 from reaseq.rank.fit import FitResult, fit
 from reaseq.rank.models.din import build_din
 from reaseq.rank.models.popularity import PopularityCTR
@@ -40,7 +43,7 @@ def predict_ctr(model: nn.Module, batcher: CTRBatcher, samples: CTRSamples, batc
     out = []
     with torch.no_grad():
         for batch in batcher.iterate(samples, batch_size):
-            out.append(torch.sigmoid(model(batch)))
+            out.append(torch.sigmoid(model(batch)).cpu())
     return torch.cat(out).numpy() if out else np.zeros(0, np.float32)
 
 
@@ -55,12 +58,15 @@ def ctr_report(data: SequenceData, samples: CTRSamples, probs: np.ndarray, item_
     }
 
 
-def train_ctr_epoch(model: nn.Module, batcher: CTRBatcher, samples: CTRSamples, optimizer: torch.optim.Optimizer, cfg: RunConfig, generator: torch.Generator, epoch: int) -> tuple[float, int]:
-    """One pass over the training samples; returns (mean loss, samples seen)."""
+def train_ctr_epoch(model: nn.Module, batcher: CTRBatcher, samples: CTRSamples, optimizer: torch.optim.Optimizer, cfg: RunConfig, generator: torch.Generator, epoch: int, ctx: distributed.DistContext = distributed.SINGLE) -> tuple[float, int]:
+    """One pass over the training samples (this rank's share under DDP); returns (mean loss over ranks, samples seen by all)."""
     loss_fn = nn.BCEWithLogitsLoss()
     total, batches = 0.0, 0
-    n_batches = (len(samples) + cfg.train.batch_size - 1) // cfg.train.batch_size
-    progress = tqdm(batcher.iterate(samples, cfg.train.batch_size, shuffle=True, generator=generator), total=n_batches, desc=f"epoch {epoch}", disable=not cfg.train.progress, leave=False)
+    # Under DDP train.batch_size stays the global batch: each rank takes its share of every batch (see rank.distributed).
+    batch_size = distributed.local_batch_size(cfg.train.batch_size, ctx)
+    n_local = len(distributed.shard_indices(torch.arange(len(samples)), ctx))
+    n_batches = (n_local + batch_size - 1) // batch_size
+    progress = tqdm(batcher.iterate(samples, batch_size, shuffle=True, generator=generator, part=ctx.part), total=n_batches, desc=f"epoch {epoch}", disable=not cfg.train.progress, leave=False)
     for batch in progress:
         loss = loss_fn(model(batch), batch["label"])
         optimizer.zero_grad(set_to_none=True)
@@ -70,7 +76,14 @@ def train_ctr_epoch(model: nn.Module, batcher: CTRBatcher, samples: CTRSamples, 
         batches += 1
         if batches % 50 == 0:
             progress.set_postfix(loss=f"{total / batches:.4f}")
-    return total / max(batches, 1), len(samples)
+    return distributed.all_reduce_mean(total / max(batches, 1), ctx), len(samples)
+
+
+def inferred_for(cfg: RunConfig, data: SequenceData) -> InferredBehaviours:
+    """The inferred-behaviour table a DIN with `model.inferred` reads, from `model.inferred_table`."""
+    if cfg.model.inferred_table is None:
+        raise ConfigError(None, "model.inferred_table", "model.inferred is on but no inferred-behaviour table is named", "run `reaseq gbr` first (the pipeline then points the ranker at <run>/gbr/inferred.parquet)")
+    return load_inferred(cfg.model.inferred_table, data.n_users, data.n_items)
 
 
 def hide_items(data: SequenceData, hidden: np.ndarray) -> SequenceData:
@@ -89,6 +102,7 @@ def run_ctr(
     tables: KnowledgeTables | None = None,
     train_hidden_items: np.ndarray | None = None,
     test_subsets: dict[str, np.ndarray] | None = None,
+    inferred: InferredBehaviours | None = None,
 ) -> dict[str, Any]:
     """Fit one model on train, select on valid, report valid and test; the result row of one seed.
 
@@ -96,6 +110,7 @@ def run_ctr(
     `train_hidden_items`: item ids masked out of the training histories (the cold-start protocol: the ID part
     never sees them); validation and test histories stay as logged. `test_subsets`: name -> boolean mask over
     `samples`; each adds the metrics of the test samples it selects under result["test_subsets"][name].
+    `inferred`: GBR's inferred behaviours for a DIN with `model.inferred` (else `model.inferred_table` is read).
     """
     started = time.perf_counter()
     if cfg.train.num_threads:
@@ -109,16 +124,26 @@ def run_ctr(
         model = PopularityCTR(data.n_items).fit(train.item, train.label)
         valid_probs, test_probs = model.predict(valid.item), model.predict(test.item)
     elif cfg.model.name == "din":
-        model = build_din(data, cfg.model, tables)
-        batcher = CTRBatcher(data, cfg.protocol.ctr.max_len)
-        train_batcher = batcher if train_hidden_items is None else CTRBatcher(hide_items(data, train_hidden_items), cfg.protocol.ctr.max_len)
+        if cfg.model.inferred and inferred is None:
+            inferred = inferred_for(cfg, data)
+        device = torch.device(cfg.train.device)
+        ctx = distributed.init_from_env(device)  # under torchrun: join the group (and pick this rank's GPU) before moving the model
+        model = build_din(data, cfg.model, tables).to(device)
+        behaviours = inferred if cfg.model.inferred else None
+        batcher = CTRBatcher(data, cfg.protocol.ctr.max_len, behaviours, device)
+        train_batcher = batcher if train_hidden_items is None else CTRBatcher(hide_items(data, train_hidden_items), cfg.protocol.ctr.max_len, behaviours, device)
+        net = distributed.wrap_model(model, ctx)  # trains through DDP; validation, test and checkpoints use `model` itself
+        if ctx.world_size > 1:
+            torch.manual_seed(distributed.rank_seed(seed, ctx))  # each rank its own dropout masks
         optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
 
         def validate() -> float:
-            return ctr_metrics(valid.user, valid.label, predict_ctr(model, batcher, valid, cfg.train.eval_batch_size))["auc"]
+            # Every rank scores the whole validation set with the same weights; the mean makes the early-stopping
+            # inputs bit-identical across ranks, so no rank stops while another trains on (and waits forever).
+            return distributed.all_reduce_mean(ctr_metrics(valid.user, valid.label, predict_ctr(model, batcher, valid, cfg.train.eval_batch_size))["auc"], ctx)
 
-        checkpoint = out_dir / "model.pt" if out_dir else None
-        fit_result = fit(model, lambda epoch: train_ctr_epoch(model, train_batcher, train, optimizer, cfg, generator, epoch), validate, cfg.train, checkpoint)
+        checkpoint = out_dir / "model.pt" if out_dir and ctx.is_main else None
+        fit_result = fit(model, lambda epoch: train_ctr_epoch(net, train_batcher, train, optimizer, cfg, generator, epoch, ctx), validate, cfg.train, checkpoint)
         valid_probs = predict_ctr(model, batcher, valid, cfg.train.eval_batch_size)
         test_probs = predict_ctr(model, batcher, test, cfg.train.eval_batch_size)
     else:

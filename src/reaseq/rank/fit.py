@@ -15,6 +15,7 @@ from torch import nn
 
 from reaseq.config import TrainConfig
 from reaseq.io import write_with
+from reaseq.rank import distributed
 
 log = logging.getLogger("reaseq")
 
@@ -77,7 +78,8 @@ def fit(
             waited += 1
             if waited >= cfg.patience:
                 break
-        if cfg.time_budget_s is not None and time.perf_counter() - started > cfg.time_budget_s:
+        # Under DDP every rank must stop after the same epoch (or the others wait forever): they agree on one clock.
+        if cfg.time_budget_s is not None and distributed.all_reduce_mean(time.perf_counter() - started, distributed.current()) > cfg.time_budget_s:
             log.info("time budget of %.0fs reached after epoch %d", cfg.time_budget_s, epoch)
             break
     if best_state is not None:

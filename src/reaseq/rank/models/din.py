@@ -13,6 +13,30 @@ from reaseq.rank.models.knowledge_parts import KNOWLEDGE_PART, AlignedKnowledgeP
 from reaseq.rank.models.layers import MLP, TargetAttention
 
 
+class InferredBehaviourAttention(nn.Module):
+    """GBR's inferred behaviours as a second sequence beside the real one, with its own target attention.
+
+    Each inferred item is the shared item representation plus a learned source flag (inferred, not logged) plus
+    a projection of its confidence. Besides the pooled vector it returns the confidence with which the target
+    itself was inferred (0 when it was not): the most direct evidence GBR has about this candidate.
+    """
+
+    def __init__(self, dim: int, attention_hidden: list[int], softmax: bool) -> None:
+        super().__init__()
+        self.source_flag = nn.Parameter(torch.randn(dim) * 0.02)
+        self.confidence = nn.Linear(1, dim)
+        self.attention = TargetAttention(dim, attention_hidden, softmax=softmax)
+        self.out_dim = dim + 1
+
+    def forward(self, target_items: torch.Tensor, target: torch.Tensor, items: torch.Tensor, inferred: torch.Tensor, confidence: torch.Tensor) -> torch.Tensor:
+        # target_items [B], target [B, D], items [B, K] (0 = none), inferred [B, K, D], confidence [B, K] -> [B, D + 1]
+        mask = items > 0
+        keys = (inferred + self.source_flag + self.confidence(confidence.unsqueeze(-1))) * mask.unsqueeze(-1)
+        pooled = self.attention(target, keys, mask)
+        target_confidence = (confidence * (items == target_items.unsqueeze(1))).sum(1, keepdim=True)  # [B, 1]
+        return torch.cat([pooled, target_confidence], dim=-1)
+
+
 class DIN(nn.Module):
     """Scores (user, history, target item) -> click logit."""
 
@@ -24,8 +48,10 @@ class DIN(nn.Module):
         self.register_buffer("user_features", user_features, persistent=False)  # [n_users, F]
         self.user_embeddings = nn.ModuleList(nn.Embedding(size + 1, cfg.embedding_dim, padding_idx=0) for size in user_feature_sizes)
         self.attention = TargetAttention(dim, cfg.attention_hidden, softmax=cfg.attention_softmax)
+        self.inferred = InferredBehaviourAttention(dim, cfg.attention_hidden, cfg.attention_softmax) if cfg.inferred else None
         user_dim = cfg.embedding_dim * len(user_feature_sizes)
-        self.mlp = MLP(3 * dim + user_dim, cfg.mlp_hidden, cfg.dropout, out_dim=1)
+        inferred_dim = self.inferred.out_dim if self.inferred is not None else 0
+        self.mlp = MLP(3 * dim + user_dim + inferred_dim, cfg.mlp_hidden, cfg.dropout, out_dim=1)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         target = self.item_encoder(batch["item"])  # [B, D]
@@ -36,6 +62,9 @@ class DIN(nn.Module):
         pooled = self.attention(target, history, mask)  # [B, D]
         mean = history.sum(1) / mask.sum(1, keepdim=True).clamp(min=1)  # [B, D] the user's overall taste
         features = [target, pooled, mean]
+        if self.inferred is not None:
+            inferred_items = batch["inf_items"]  # [B, K]
+            features.append(self.inferred(batch["item"], target, inferred_items, self.item_encoder(inferred_items), batch["inf_conf"]))
         if self.user_embeddings:
             codes = self.user_features[batch["user"]]  # [B, F]
             features += [emb(codes[:, i]) for i, emb in enumerate(self.user_embeddings)]
