@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -80,7 +81,13 @@ def main() -> None:
         "best_epochs_note": "best epoch per seed is in each row; every row gets the config's epochs and patience",
     }
     out = args.out or RESULTS / f"{cfg.dataset.name}_ctr_ablation.json"
-    finish("ctr_ablation", cfg, protocol, args.seeds, rows, METRICS, out, gains=record["gains"], gbr=record["gbr"], report=str(run.root / "ablation" / "report.md"))
+    report = out.with_suffix(".md")
+    finish("ctr_ablation", cfg, protocol, args.seeds, rows, METRICS, out, gains=record["gains"], gbr=record["gbr"], report=str(report.relative_to(ROOT)) if report.is_relative_to(ROOT) else str(report))
+    # The run's report and plot travel with the JSON (the run folder is not versioned).
+    plot = out.with_suffix(".png")
+    shutil.copyfile(run.root / "ablation" / "ablation.png", plot)
+    text = (run.root / "ablation" / "report.md").read_text(encoding="utf-8").replace("(ablation.png)", f"({plot.name})")
+    report.write_text(text + f"\nHardware: {protocol['hardware']}.\n", encoding="utf-8")
     for key, value in record["gains"].items():
         if key.endswith("/ auc") or key.endswith("/ gauc"):
             print(f"{key}: {value['gain']:+.4f} (paired sd {value['paired_sd']:.4f}){' > 2 sd' if value['exceeds_2sd'] else ''}")
