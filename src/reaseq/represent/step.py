@@ -155,7 +155,8 @@ def run_embed(
     out = tables_path(run, name)
     active = cfg.protocol.ctr if cfg.protocol.name == "ctr" else cfg.protocol.topk
     section = {
-        "represent": cfg.represent.model_dump(mode="json"),
+        # Progress bars change nothing in the tables: toggling them must not invalidate the step.
+        "represent": cfg.represent.model_dump(mode="json", exclude={part: {"progress"} for part in ("encoder", "align", "semantic_ids")}),
         "protocol": {"name": cfg.protocol.name, **active.model_dump()},
         "collab_sha256": _hash_array(collab),
         "exclude_items_sha256": _hash_array(None if exclude_items is None else np.sort(np.asarray(exclude_items, np.int64))),
