@@ -185,10 +185,23 @@ def embed(
 def gbr(config: ConfigOpt = None, set_: SetOpt = None, run_dir: RunDirOpt = None, force: ForceOpt = False) -> None:
     """Train GBR (the masked diffusion model) on early training behaviour and write each user's inferred behaviours."""
     from reaseq import pipeline
+    from reaseq.rank import distributed
 
-    run = _open_run(config, set_, run_dir)
-    pipeline.prepare(run)
-    typer.echo(f"inferred behaviours: {pipeline.gbr(run, force=force)}")
+    # Under torchrun (DDP) as in `train`: rank 0 prepares while the others wait; all ranks train; rank 0 writes.
+    ctx = distributed.init_from_env(load_config(config, set_ or []).gbr.device)
+    try:
+        if not ctx.is_main:
+            distributed.barrier(ctx)
+        run = _open_run(config, set_, run_dir)
+        if ctx.is_main:
+            pipeline.prepare(run)
+            distributed.barrier(ctx)
+        distributed.log_on_main_only(ctx)
+        path = pipeline.gbr(run, force=force)
+    finally:
+        distributed.cleanup()
+    if ctx.is_main:
+        typer.echo(f"inferred behaviours: {path}")
 
 
 @app.command()

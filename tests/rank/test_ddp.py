@@ -164,6 +164,22 @@ def test_gbr_two_processes_end_with_the_same_weights(tmp_path: Path) -> None:
     assert abs(min(ranks[0]["curves"]["valid_loss"]) - min(single.curves["valid_loss"])) < GBR_VALID_TOLERANCE
 
 
+@pytest.mark.slow
+def test_gbr_step_under_torchrun_writes_one_table(config_file: Path, tmp_path: Path) -> None:
+    cfg = yaml.safe_load(config_file.read_text(encoding="utf-8"))
+    cfg["gbr"] = {"dim": 8, "layers": 1, "heads": 2, "max_len": 12, "batch_size": 32, "epochs": 3, "patience": 3, "k": 4, "steps": 2, "init_from_knowledge": False}
+    config_file.write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    run = tmp_path / "gbr-ddp"
+    done = torchrun(["-m", "reaseq.cli", "gbr", "-c", str(config_file), "--run-dir", str(run)], tmp_path)
+    assert done.stdout.count("inferred behaviours:") == 1  # only rank 0 reports
+    manifest = json.loads((run / "manifest.json").read_text(encoding="utf-8"))
+    assert set(manifest["steps"]) == {"prepare", "gbr"}
+    assert all((run / out).exists() for step in manifest["steps"].values() for out in step["outputs"])
+    assert (run / "run.log").read_text(encoding="utf-8").count("step gbr: started") == 1
+    summary = json.loads((run / "gbr" / "summary.json").read_text(encoding="utf-8"))
+    assert summary["validity"] == 1.0 and summary["rounds"] == 3
+
+
 if __name__ == "__main__":
     if sys.argv[1:2] == ["gbr"]:
         gbr_worker(Path(sys.argv[2]))

@@ -15,6 +15,7 @@ from reaseq.gbr.augment import gbr_rows, inferred_table, user_histories, write_i
 from reaseq.gbr.infer import generation_quality
 from reaseq.gbr.train import train_gbr
 from reaseq.io import write_json
+from reaseq.rank import distributed
 from reaseq.runs import RunDir
 
 log = logging.getLogger("reaseq")
@@ -53,6 +54,16 @@ def run_gbr(run: RunDir, tables: Path | None = None, force: bool = False) -> Pat
     if not force and run.is_done("gbr", key):
         log.info("gbr: up to date, skipped (use --force to redo)")
         return out
+    ctx = distributed.init_from_env(cfg.gbr.device)
+    if not ctx.is_main:
+        # Under torchrun the other ranks only help train (DDP); rank 0 writes the model, the table and the manifest.
+        from reaseq.represent.tables import load_tables
+
+        data, samples = load_prepared(data_dir), load_ctr_samples(data_dir / CTR_SAMPLES_FILE)
+        rows, _ = gbr_rows(data, samples, cfg.gbr.as_of_frac)
+        train_gbr(data, rows, cfg.gbr, init_embeddings=load_tables(Path(tables)).aligned if use_tables else None)
+        distributed.barrier(ctx)
+        return out
     with run.step("gbr", key) as record:
         from reaseq.represent.tables import load_tables  # RER is optional here: import only when used
 
@@ -77,4 +88,5 @@ def run_gbr(run: RunDir, tables: Path | None = None, force: bool = False) -> Pat
         record.outputs = [f"{GBR_DIR}/{TABLE_FILE}", f"{GBR_DIR}/model.pt", f"{GBR_DIR}/summary.json"]
         record.metrics = {k: v for k, v in summary.items() if isinstance(v, (int, float))}
         log.info("gbr: %d users x %d inferred items, validity %.3f, novelty %.3f", data.n_users, cfg.gbr.k, quality["validity"], quality["novelty"])
+    distributed.barrier(ctx)  # the other ranks return once the table is written
     return out
