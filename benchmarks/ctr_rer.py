@@ -74,6 +74,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--work-dir", type=Path, default=None)
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--force", action="store_true", help="recompute rows cached in --work-dir")
+    parser.add_argument("--hardware", default="", help="where the cached rows were trained, when not here (recorded in the JSON)")
     return parser.parse_args()
 
 
@@ -269,6 +270,7 @@ def main() -> None:
         "cold_start": {**cold_info, "text": "a seeded share of the items is held out: their training samples are dropped, they are masked out of training histories "
                        "and excluded from RER's collaborative side and gate (count 0); 'cold' = test samples whose target is held out, 'warm' = the other test samples"},
         "tuning": "every row: the config's epochs, lr, batch size and patience; model selection on valid AUC",
+        "hardware": args.hardware or f"this machine, {args.threads} thread(s)",
     }
     finish("ctr_rer", cfg, protocol, args.seeds, rows + cold_rows, METRICS, out, sources=matches, gains=gains)
     print(subset_table(rows + cold_rows))
