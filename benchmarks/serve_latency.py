@@ -5,12 +5,17 @@
 Without RUN_DIR the ML-100K DIN run (configs/ml-100k.yaml) is prepared and trained under --work-dir first
 (resumable: a finished run is reused). The server runs `reaseq.serve.app.serve` in a child process on
 loopback; the clients (httpx) run in this process, on the same machine, so they compete for its cores.
+Afterwards (server stopped) the row in_process_<candidates> times each step of one request in this process.
+
+Before/after comparisons: --no-one-user-forward --http h11 --loop asyncio is the serving path before the
+one-user forward and the C HTTP stack; write such runs elsewhere with --out.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import json
 import logging
 import os
@@ -19,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -58,8 +64,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--candidates", type=int, default=100, help="candidates per request in the throughput runs")
     parser.add_argument("--threads", type=int, default=ServeConfig().num_threads, help="torch threads per forward pass (server and in-process comparison)")
     parser.add_argument("--scoring-threads", type=int, default=ServeConfig().scoring_threads, help="forward passes the server runs at once")
+    parser.add_argument("--no-one-user-forward", dest="one_user_forward", action="store_false", help="score with the ranker's own forward (history encoded per candidate), the path before the one-user factorisation")
+    parser.add_argument("--http", choices=["auto", "h11", "httptools"], default=ServeConfig().http, help="uvicorn HTTP parser (auto: httptools when installed)")
+    parser.add_argument("--loop", choices=["auto", "asyncio", "uvloop"], default=ServeConfig().loop, help="uvicorn event loop (auto: uvloop when installed)")
     parser.add_argument("--seed", type=int, default=0, help="random seed of the request mix")
-    parser.add_argument("--skip-onnx", action="store_true", help="skip the in-process eager vs ONNX Runtime comparison")
+    parser.add_argument("--skip-onnx", action="store_true", help="skip ONNX Runtime in the in-process breakdown")
     parser.add_argument("--out", type=Path, default=RESULTS / "serve_latency.json")
     return parser.parse_args()
 
@@ -183,36 +192,107 @@ async def throughput(base: str, bodies: list[bytes], clients: int, duration_s: f
     }
 
 
-def in_process_comparison(run_dir: Path, n_candidates: int, threads: int) -> dict[str, float]:
-    """Median time of one n-candidate batch: eager torch vs ONNX Runtime, in this process."""
+def in_process_breakdown(run_dir: Path, n_candidates: int, threads: int, skip_onnx: bool, one_user_forward: bool = True) -> dict[str, float]:
+    """Median ms of each step of one n-candidate /score request in this process (no network), and the whole app.
+
+    validate: JSON body -> request model; batch: ids -> tensors (Scorer.batch); forward: the forward pass the server
+    runs (Scorer.scoring_model: the one-user forward unless --no-one-user-forward); eager: the ranker's own forward,
+    model(batch); onnx: ONNX Runtime on the same batch; render: the JSON answer; app: the whole ASGI app (middleware,
+    FastAPI, validation, thread hand-off, scoring, answer) without HTTP. forward and eager are timed alternately.
+    """
+    from fastapi.responses import JSONResponse
+
+    from reaseq.serve.app import ServingState, create_app, score_request_model
     from reaseq.serve.export import OnnxScorer, export_onnx
-    from reaseq.serve.loader import DATA_DIR, load_ranker
-    from reaseq.serve.scorer import Scorer
-    from reaseq.serve.tables import tables_from_data
 
     torch.set_num_threads(threads)
-    model, cfg, data = load_ranker(run_dir)
-    scorer = Scorer(model, tables_from_data(data, run_dir / DATA_DIR, cfg.protocol.ctr.max_len), cfg.model.name)
-    user = next(iter(scorer.tables.user_index))
-    batch = scorer.batch(user, list(scorer.tables.item_index)[:n_candidates])
+    serve_cfg = ServeConfig(num_threads=threads, max_candidates=max(1000, n_candidates), log_level="warning", one_user_forward=one_user_forward)
+    state = ServingState(run_dir, serve_cfg)
+    scorer = state.store.current
+    rng = np.random.default_rng(0)
+    bodies = request_pool(run_dir, n_candidates, rng)[:64]
+    request_model = score_request_model(serve_cfg)
+    requests = [request_model.model_validate_json(body) for body in bodies]
+    batches = [scorer.batch(r.user_id, r.candidates) for r in requests]
+    scores = [scorer.predict(b).tolist() for b in batches]
 
-    def median_ms(fn) -> float:
-        for _ in range(WARMUP_REQUESTS):
-            fn()
+    def median_ms(fn: Callable[[int], object]) -> float:
+        for i in range(WARMUP_REQUESTS):
+            fn(i)
         times = []
-        for _ in range(IN_PROCESS_REPEATS):
+        for i in range(IN_PROCESS_REPEATS):
             start = time.perf_counter()
-            fn()
+            fn(i % len(bodies))
             times.append(time.perf_counter() - start)
         return float(np.median(times) * 1000.0)
 
-    with tempfile.TemporaryDirectory() as tmp:
-        path = export_onnx(scorer.model, batch, Path(tmp) / "ranker.onnx")
-        onnx_scorer = OnnxScorer(path, num_threads=threads)
-        max_diff = float(np.abs(onnx_scorer.predict(batch) - scorer.predict(batch).numpy()).max())
-        eager_ms = median_ms(lambda: scorer.predict(batch))
-        onnx_ms = median_ms(lambda: onnx_scorer.predict(batch))
-    return {"eager_ms": eager_ms, "onnx_ms": onnx_ms, "eager_over_onnx": eager_ms / onnx_ms, "max_abs_diff": max_diff}
+    result: dict[str, float] = {}
+    result["validate_ms"] = median_ms(lambda i: request_model.model_validate(json.loads(bodies[i % len(bodies)])))
+    result["batch_ms"] = median_ms(lambda i: scorer.batch(requests[i % len(bodies)].user_id, requests[i % len(bodies)].candidates))
+    with torch.inference_mode():  # alternate the two forwards so that a change in machine load hits both alike
+        forward_s, eager_s = [], []
+        for i in range(WARMUP_REQUESTS + IN_PROCESS_REPEATS):
+            for model, times in ((scorer.scoring_model, forward_s), (scorer.model, eager_s)):
+                start = time.perf_counter()
+                torch.sigmoid(model(batches[i % len(bodies)])).tolist()
+                times.append(time.perf_counter() - start)
+        result["forward_ms"] = float(np.median(forward_s[WARMUP_REQUESTS:]) * 1000.0)
+        result["eager_ms"] = float(np.median(eager_s[WARMUP_REQUESTS:]) * 1000.0)
+    result["render_ms"] = median_ms(lambda i: JSONResponse({"scores": scores[i % len(bodies)], "model": scorer.name, "tables_version": scorer.tables.version}))
+    app = create_app(run_dir, serve_cfg, state=state)
+    result["app_ms"] = asyncio.run(_app_median_ms(app, bodies))
+    with torch.inference_mode():
+        result["forward_max_abs_diff"] = max(float((scorer.predict(b) - torch.sigmoid(scorer.scoring_model(b))).abs().max()) for b in batches)
+    if not skip_onnx:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = export_onnx(scorer.model, batches[0], Path(tmp) / "ranker.onnx")
+            onnx_scorer = OnnxScorer(path, num_threads=threads)
+            result["max_abs_diff"] = max(float(np.abs(onnx_scorer.predict(b) - scorer.predict(b).numpy()).max()) for b in batches)
+            result["onnx_ms"] = median_ms(lambda i: onnx_scorer.predict(batches[i % len(bodies)]))
+        result["eager_over_onnx"] = result["eager_ms"] / result["onnx_ms"]
+    return result
+
+
+async def _app_median_ms(app: Any, bodies: list[bytes]) -> float:
+    """Median ms of POST /score handed straight to the ASGI app (its lifespan running): everything but HTTP."""
+
+    async def call(body: bytes) -> None:
+        sent: list[dict] = []
+        delivered = False
+
+        async def receive() -> dict:
+            nonlocal delivered
+            if delivered:
+                await asyncio.Event().wait()  # no disconnect: the request stays open until answered
+            delivered = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        async def send(message: dict) -> None:
+            sent.append(message)
+
+        headers = [(b"host", b"bench"), (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http", "path": "/score", "raw_path": b"/score",
+                 "query_string": b"", "root_path": "", "headers": headers, "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80), "state": {}}
+        await app(scope, receive, send)
+        if sent[0]["status"] != 200:
+            raise SystemExit(f"in-process /score answered {sent[0]['status']}")
+
+    async with app.router.lifespan_context(app):
+        times: list[float] = []
+        for i in range(WARMUP_REQUESTS):
+            await call(bodies[i % len(bodies)])
+        for i in range(IN_PROCESS_REPEATS):
+            start = time.perf_counter()
+            await call(bodies[i % len(bodies)])
+            times.append(time.perf_counter() - start)
+    return float(np.median(times) * 1000.0)
+
+
+def resolved(choice: str, fast: str, fallback: str) -> str:
+    """What uvicorn's "auto" picks: the C implementation when it is installed."""
+    if choice != "auto":
+        return choice
+    return fast if importlib.util.find_spec(fast) is not None else fallback
 
 
 def main() -> None:
@@ -220,7 +300,10 @@ def main() -> None:
     run_dir, run_cfg = trained_run(args)
     load_before = os.getloadavg()[0]  # the clients share the machine with the server and any other job: say how busy it was
     rng = np.random.default_rng(args.seed)
-    serve_cfg = ServeConfig(port=free_port(), num_threads=args.threads, scoring_threads=args.scoring_threads, log_level="warning", max_candidates=max(1000, args.candidates))
+    serve_cfg = ServeConfig(
+        port=free_port(), num_threads=args.threads, scoring_threads=args.scoring_threads, log_level="warning", max_candidates=max(1000, args.candidates),
+        one_user_forward=args.one_user_forward, http=args.http, loop=args.loop,
+    )
     base = f"http://127.0.0.1:{serve_cfg.port}"
     rows: list[dict[str, Any]] = []
     server = start_server(run_dir, serve_cfg)
@@ -240,21 +323,22 @@ def main() -> None:
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=60)
-    if not args.skip_onnx:
-        started = time.perf_counter()
-        result = in_process_comparison(run_dir, args.candidates, args.threads)
-        rows.append(make_row(f"in_process_{args.candidates}", [result], [0.0], [time.perf_counter() - started], candidates=args.candidates))
+    started = time.perf_counter()
+    result = in_process_breakdown(run_dir, args.candidates, args.threads, args.skip_onnx, args.one_user_forward)
+    rows.append(make_row(f"in_process_{args.candidates}", [result], [0.0], [time.perf_counter() - started], candidates=args.candidates))
+    print("  in process, median ms: " + ", ".join(f"{k.removesuffix('_ms')} {v:.3f}" for k, v in result.items() if k.endswith("_ms")), file=sys.stderr)
     protocol = {
         "name": "serve",
         "text": (
-            f"POST /score on uvicorn (1 worker, {args.scoring_threads} scoring threads x {args.threads} torch threads) over loopback; latency rows: {args.requests} sequential keep-alive "
+            f"POST /score on uvicorn (1 worker, {args.scoring_threads} scoring threads x {args.threads} torch threads, http {resolved(args.http, 'httptools', 'h11')}, "
+            f"loop {resolved(args.loop, 'uvloop', 'asyncio')}, {'one-user' if args.one_user_forward else 'per-row (model(batch))'} forward) over loopback; latency rows: {args.requests} sequential keep-alive "
             f"requests after {WARMUP_REQUESTS} warm-up, random known users and distinct random candidates; throughput rows: N concurrent httpx "
             f"clients for {args.duration:g} s, {args.candidates} candidates per request; rss_mb = peak server VmRSS. Client and server share "
             f"this machine's {os.cpu_count()} cores."
         ),
         "target": f"p99 <= {TARGET_P99_MS:g} ms at 100 candidates; 0 errors at 64 clients",
     }
-    finish("serve_latency", run_cfg, protocol, [args.seed], rows, ["p50_ms", "p99_ms", "server_p50_ms", "server_p99_ms", "rps", "errors", "rss_mb", "eager_ms", "onnx_ms", "eager_over_onnx"], args.out, run_dir=str(run_dir),
+    finish("serve_latency", run_cfg, protocol, [args.seed], rows, ["p50_ms", "p99_ms", "server_p50_ms", "server_p99_ms", "rps", "errors", "rss_mb", "app_ms", "forward_ms", "eager_ms", "onnx_ms"], args.out, run_dir=str(run_dir),
            load_average_1min={"start": load_before, "end": os.getloadavg()[0]}, cores=os.cpu_count())
 
 

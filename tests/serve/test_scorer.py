@@ -115,11 +115,14 @@ def test_unknown_ids_are_all_listed(loaded: tuple, trained_run: Path) -> None:
         scorer.score(users[1], [items[1]], [items[2], items[3]], ["4"])
 
 
-def test_one_forward_for_all_candidates(loaded: tuple, trained_run: Path) -> None:
-    _, _, _, scorer = loaded
+@pytest.mark.parametrize("one_user", [True, False])
+def test_one_forward_for_all_candidates(loaded: tuple, trained_run: Path, one_user: bool) -> None:
+    model, _, _, shared = loaded
+    scorer = Scorer(model, shared.tables, "din", one_user=one_user)
+    assert (scorer.scoring_model is scorer.model) is not one_user  # one_user: DIN's one-user factorisation (serve/one_user.py)
     users, items = raw_ids(trained_run)
     calls: list[int] = []
-    handle = scorer.model.register_forward_hook(lambda module, args, out: calls.append(out.shape[0]))
+    handle = scorer.scoring_model.register_forward_hook(lambda module, args, out: calls.append(out.shape[0]))
     try:
         scorer.score(users[3], items[1:41])
     finally:

@@ -32,7 +32,7 @@ from reaseq import __version__
 from reaseq.errors import InputError
 from reaseq.io import json_safe
 from reaseq.serve.config import ServeConfig
-from reaseq.serve.loader import DATA_DIR, load_ranker
+from reaseq.serve.loader import DATA_DIR, inferred_inputs, load_ranker
 from reaseq.serve.scorer import Scorer, UnknownIdsError
 from reaseq.serve.tables import RefreshError, TableStore, build_tables, tables_from_data
 
@@ -51,19 +51,21 @@ class ServingState:
         self.model = model
         self.max_len = run_cfg.protocol.ctr.max_len  # the history length the ranker was trained on
         self.name = f"{run_cfg.model.name}@seed{cfg.seed if cfg.seed is not None else run_cfg.train.seeds[0]}"
-        tables = tables_from_data(data, self.run_dir / DATA_DIR, self.max_len)
+        self.user_inputs = inferred_inputs(run_cfg)  # GBR's inferred behaviours, for a ranker that reads them
+        tables = tables_from_data(data, self.run_dir / DATA_DIR, self.max_len, self.user_inputs(data) if self.user_inputs else None)
         self.catalogue = tables.catalogue
-        self.store: TableStore[Scorer] = TableStore(self._build, initial=Scorer(model, tables, self.name))
+        self.one_user = cfg.one_user_forward
+        self.store: TableStore[Scorer] = TableStore(self._build, initial=Scorer(model, tables, self.name, self.one_user))
 
     def _build(self) -> Scorer:
-        tables = build_tables(self.run_dir, self.max_len)
+        tables = build_tables(self.run_dir, self.max_len, self.user_inputs)
         if tables.catalogue != self.catalogue:
             raise InputError(
                 self.run_dir / DATA_DIR / "items.parquet", "item_id",
                 "the item catalogue or feature vocabularies changed since the ranker was loaded (a reload only refreshes users and histories)",
                 "retrain with `reaseq train --force`, then restart the server",
             )
-        return Scorer(self.model, tables, self.name)
+        return Scorer(self.model, tables, self.name, self.one_user)
 
 
 class ScoreResponse(BaseModel):
@@ -244,7 +246,7 @@ def serve(run_dir: Path, cfg: ServeConfig) -> None:
 
     options: dict[str, Any] = {
         "host": cfg.host, "port": cfg.port, "log_level": cfg.log_level, "access_log": cfg.access_log,
-        "timeout_graceful_shutdown": cfg.timeout_graceful_shutdown_s,
+        "timeout_graceful_shutdown": cfg.timeout_graceful_shutdown_s, "http": cfg.http, "loop": cfg.loop,
     }
     if cfg.workers > 1:
         os.environ[RUN_DIR_ENV] = str(Path(run_dir).resolve())

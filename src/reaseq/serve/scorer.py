@@ -11,7 +11,8 @@ from torch import nn
 
 from reaseq.data.batches import Batch
 from reaseq.errors import InputError
-from reaseq.serve.tables import ServingTables, raw_key
+from reaseq.serve.one_user import one_user_forward
+from reaseq.serve.tables import CORE_KEYS, ServingTables, raw_key
 
 RawId = int | str
 SHOWN_IDS = 20  # unknown ids quoted in an error message (the error object keeps them all)
@@ -41,12 +42,38 @@ def with_user_features(model: nn.Module, user_features: torch.Tensor) -> nn.Modu
 
 
 class Scorer:
-    """A ranker bound to one version of the serving tables (immutable once built)."""
+    """A ranker bound to one version of the serving tables (immutable once built).
 
-    def __init__(self, model: nn.Module, tables: ServingTables, name: str) -> None:
+    `score` runs `scoring_model`: with `one_user` (the default) the ranker's one-user factorisation, which
+    encodes the user's history once per request instead of once per candidate (see serve/one_user.py), when it
+    applies to the ranker and matches its scores on probe batches; otherwise, and in `predict`, the ranker itself.
+    """
+
+    def __init__(self, model: nn.Module, tables: ServingTables, name: str, one_user: bool = True) -> None:
         self.tables = tables
         self.name = name
         self.model = with_user_features(model.eval(), torch.tensor(tables.user_features))  # a copy: the tables stay read-only
+        fast = one_user_forward(self.model, self._probes()) if one_user else None
+        self.scoring_model: nn.Module = fast if fast is not None else self.model
+
+    def _probes(self) -> list[Batch]:
+        """Serving batches of the stored user with the longest history and of the cold user, over the first items."""
+        tables = self.tables
+        items = np.arange(1, min(len(tables.item_index), 16) + 1, dtype=np.int64)
+        longest = int(np.argmax((tables.hist_items > 0).sum(1)))
+        return [self._dense_batch(user, items, tables.hist_items[user].astype(np.int64), tables.hist_actions[user].astype(np.int64)) for user in dict.fromkeys([longest, tables.cold_user])]
+
+    def _dense_batch(self, user: int, candidates: np.ndarray, items: np.ndarray, actions: np.ndarray) -> Batch:
+        n = len(candidates)
+        batch = {
+            "user": torch.full((n,), user, dtype=torch.long),  # [C]
+            "item": torch.from_numpy(candidates),  # [C]
+            "hist_items": torch.from_numpy(items).unsqueeze(0).expand(n, -1),  # [C, L] views of one row
+            "hist_actions": torch.from_numpy(actions).unsqueeze(0).expand(n, -1),  # [C, L]
+        }
+        for key, table in self.tables.user_inputs.items():  # optional per-user inputs, e.g. inferred behaviours
+            batch[key] = torch.from_numpy(table[user].copy()).unsqueeze(0).expand(n, *table.shape[1:])  # [C, ...]
+        return batch
 
     def encode_items(self, ids: Sequence[RawId], field: str) -> np.ndarray:
         """Dense ids of raw item ids; every unknown one is reported at once."""
@@ -95,19 +122,15 @@ class Scorer:
         """One batch holding every candidate; the user's history is broadcast, not copied, across rows."""
         candidates = self.encode_items(candidate_ids, "candidates")
         user, items, actions = self.history(user_id, fresh_history, fresh_actions)
-        n = len(candidates)
-        return {
-            "user": torch.full((n,), user, dtype=torch.long),  # [C]
-            "item": torch.from_numpy(candidates),  # [C]
-            "hist_items": torch.from_numpy(items).unsqueeze(0).expand(n, -1),  # [C, L] views of one row
-            "hist_actions": torch.from_numpy(actions).unsqueeze(0).expand(n, -1),  # [C, L]
-        }
+        return self._dense_batch(user, candidates, items, actions)
 
     def predict(self, batch: Batch) -> torch.Tensor:
-        """Click probabilities of a batch, one forward pass."""
+        """Click probabilities of any batch (rows may hold different users), one forward pass of the ranker."""
         with torch.inference_mode():
             return torch.sigmoid(self.model(batch))
 
     def score(self, user_id: RawId, candidate_ids: Sequence[RawId], fresh_history: Sequence[RawId] | None = None, fresh_actions: Sequence[str] | None = None) -> list[float]:
-        """Click probability of each candidate for the user, in candidate order."""
-        return self.predict(self.batch(user_id, candidate_ids, fresh_history, fresh_actions)).tolist()
+        """Click probability of each candidate for the user, in candidate order (one forward pass)."""
+        batch = self.batch(user_id, candidate_ids, fresh_history, fresh_actions)
+        with torch.inference_mode():
+            return torch.sigmoid(self.scoring_model(batch)).tolist()

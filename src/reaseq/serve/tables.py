@@ -7,7 +7,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Generic, TypeVar
@@ -64,6 +64,10 @@ class ServingTables:
     hist_actions: np.ndarray  # int16 [n_users + 1, max_len]
     user_features: np.ndarray  # int64 [n_users + 1, F]; the cold row is all padding codes
     catalogue: str  # catalogue_digest of the data the tables were built from
+    # Optional per-user model inputs: batch key -> [n_users + 1, ...] array in the dtype the ranker takes, the cold
+    # row all zeros (padding). Scorer.batch adds row `user` of each, broadcast over the candidates, under its key:
+    # e.g. GBR's inferred behaviours as "inf_items" (int64 [U + 1, K], 0 = padding) and "inf_conf" (float32 [U + 1, K]).
+    user_inputs: Mapping[str, np.ndarray] = field(default_factory=lambda: MappingProxyType({}))
 
     @property
     def n_users(self) -> int:
@@ -79,8 +83,23 @@ class ServingTables:
         return self.user_index.get(raw_key(user_id), self.cold_user)
 
 
-def tables_from_data(data: SequenceData, folder: Path, max_len: int) -> ServingTables:
-    """Tables from prepared data already in memory; `folder` holds its users/items Parquet files (raw ids)."""
+CORE_KEYS = frozenset({"user", "item", "hist_items", "hist_actions"})  # batch keys every serving batch has
+
+
+def _with_cold_row(key: str, array: np.ndarray, n_users: int) -> np.ndarray:
+    """A per-user input [n_users, ...] with the cold user's all-zero (padding) row appended, read-only."""
+    array = np.asarray(array)
+    if key in CORE_KEYS or array.ndim < 1 or array.shape[0] != n_users:
+        raise ValueError(f"user input {key!r}: expected a new batch key and one row per user ({n_users}), got shape {array.shape}")
+    return _frozen(np.concatenate([array, np.zeros((1, *array.shape[1:]), dtype=array.dtype)]))
+
+
+def tables_from_data(data: SequenceData, folder: Path, max_len: int, user_inputs: Mapping[str, np.ndarray] | None = None) -> ServingTables:
+    """Tables from prepared data already in memory; `folder` holds its users/items Parquet files (raw ids).
+
+    `user_inputs` are optional per-user model inputs (batch key -> array [n_users, ...] by dense user id), see
+    ServingTables.user_inputs; they are part of the version.
+    """
     users = pl.read_parquet(folder / "users.parquet", columns=["user_id", "user_idx"]).sort("user_idx")
     items = pl.read_parquet(folder / "items.parquet", columns=["item_id", "item_idx"]).sort("item_idx")
     user_ids = [raw_key(u) for u in users["user_id"].to_list()]
@@ -100,8 +119,11 @@ def tables_from_data(data: SequenceData, folder: Path, max_len: int) -> ServingT
     user_features = np.zeros((data.n_users + 1, data.user_features.shape[1]), dtype=np.int64)
     user_features[:-1] = data.user_features
 
+    inputs = {key: _with_cold_row(key, array, data.n_users) for key, array in sorted((user_inputs or {}).items())}
+    described = [part for key, array in inputs.items() for part in (f"{key}:{array.dtype}:{array.shape}", np.ascontiguousarray(array).tobytes())]
+
     catalogue = catalogue_digest(data, item_ids)
-    version = _digest(catalogue, "\n".join(user_ids), hist_items.tobytes(), hist_actions.tobytes(), user_features.tobytes())[:VERSION_CHARS]
+    version = _digest(catalogue, "\n".join(user_ids), hist_items.tobytes(), hist_actions.tobytes(), user_features.tobytes(), *described)[:VERSION_CHARS]
     return ServingTables(
         version=version,
         max_len=max_len,
@@ -112,14 +134,18 @@ def tables_from_data(data: SequenceData, folder: Path, max_len: int) -> ServingT
         hist_actions=_frozen(hist_actions),
         user_features=_frozen(user_features),
         catalogue=catalogue,
+        user_inputs=MappingProxyType(inputs),
     )
 
 
-def build_tables(run_dir: Path, max_len: int) -> ServingTables:
-    """Tables from the run folder's prepared data as it is on disk now."""
+UserInputs = Callable[[SequenceData], Mapping[str, np.ndarray]]  # reads per-user model inputs for freshly loaded data
+
+
+def build_tables(run_dir: Path, max_len: int, user_inputs: UserInputs | None = None) -> ServingTables:
+    """Tables from the run folder's prepared data as it is on disk now; `user_inputs(data)` adds per-user inputs."""
     try:
         data = load_run_data(run_dir)
-        return tables_from_data(data, Path(run_dir) / DATA_DIR, max_len)
+        return tables_from_data(data, Path(run_dir) / DATA_DIR, max_len, user_inputs(data) if user_inputs is not None else None)
     except (OSError, pl.exceptions.PolarsError, KeyError, ValueError) as exc:
         if isinstance(exc, InputError):
             raise

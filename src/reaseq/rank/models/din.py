@@ -29,7 +29,8 @@ class InferredBehaviourAttention(nn.Module):
         self.out_dim = dim + 1
 
     def forward(self, target_items: torch.Tensor, target: torch.Tensor, items: torch.Tensor, inferred: torch.Tensor, confidence: torch.Tensor) -> torch.Tensor:
-        # target_items [B], target [B, D], items [B, K] (0 = none), inferred [B, K, D], confidence [B, K] -> [B, D + 1]
+        # target_items [B], target [B, D], items [U, K] (0 = none; U = B or 1), inferred [U, K, D], confidence [U, K]
+        # -> [B, D + 1]
         mask = items > 0
         keys = (inferred + self.source_flag + self.confidence(confidence.unsqueeze(-1))) * mask.unsqueeze(-1)
         pooled = self.attention(target, keys, mask)
@@ -54,20 +55,42 @@ class DIN(nn.Module):
         self.mlp = MLP(3 * dim + user_dim + inferred_dim, cfg.mlp_hidden, cfg.dropout, out_dim=1)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        target = self.item_encoder(batch["item"])  # [B, D]
-        history = self.item_encoder(batch["hist_items"])  # [B, L, D]
-        mask = batch["hist_items"] > 0  # [B, L]
+        """Click logits [B] of a batch of samples, each with its own user and history."""
+        return self.score(batch["item"], batch["hist_items"], batch["hist_actions"], batch["user"], batch.get("inf_items"), batch.get("inf_conf"))
+
+    def forward_one_user(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The same logits for a batch whose rows share one user (a serving request): the user's side runs once.
+
+        History, actions, user features and inferred behaviours are read from row 0 and broadcast over the
+        candidates; left padding of a short history is dropped (it adds nothing to the attention or the mean).
+        """
+        if batch["item"].shape[0] == 0:
+            return self(batch)  # no row to read the user from
+        hist = batch["hist_items"][:1]  # [1, L]
+        real = torch.nonzero(hist[0])
+        start = int(real[0, 0]) if len(real) else hist.shape[1] - 1  # keep one (padding) position for an empty history
+        first = {key: batch[key][:1] for key in ("user", "inf_items", "inf_conf") if key in batch}
+        return self.score(batch["item"], hist[:, start:], batch["hist_actions"][:1, start:], first["user"], first.get("inf_items"), first.get("inf_conf"))
+
+    def score(self, items: torch.Tensor, hist_items: torch.Tensor, hist_actions: torch.Tensor, users: torch.Tensor,
+              inf_items: torch.Tensor | None = None, inf_conf: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits [B] for target `items` [B]; the user-side inputs have B rows, or 1 row shared by all targets."""
+        n = items.shape[0]
+        target = self.item_encoder(items)  # [B, D]
+        history = self.item_encoder(hist_items)  # [U, L, D], U = B or 1
+        mask = hist_items > 0  # [U, L]
         if self.action_embedding is not None:
-            history = history + self.action_embedding(batch["hist_actions"]) * mask.unsqueeze(-1)
+            history = history + self.action_embedding(hist_actions) * mask.unsqueeze(-1)
         pooled = self.attention(target, history, mask)  # [B, D]
-        mean = history.sum(1) / mask.sum(1, keepdim=True).clamp(min=1)  # [B, D] the user's overall taste
-        features = [target, pooled, mean]
-        if self.inferred is not None:
-            inferred_items = batch["inf_items"]  # [B, K]
-            features.append(self.inferred(batch["item"], target, inferred_items, self.item_encoder(inferred_items), batch["inf_conf"]))
+        mean = history.sum(1) / mask.sum(1, keepdim=True).clamp(min=1)  # [U, D] the user's overall taste
+        features = [target, pooled, mean.expand(n, -1)]
         if self.user_embeddings:
-            codes = self.user_features[batch["user"]]  # [B, F]
-            features += [emb(codes[:, i]) for i, emb in enumerate(self.user_embeddings)]
+            codes = self.user_features[users]  # [U, F]
+            features += [emb(codes[:, i]).expand(n, -1) for i, emb in enumerate(self.user_embeddings)]
+        if self.inferred is not None:
+            if inf_items is None or inf_conf is None:
+                raise KeyError("inf_items: this DIN reads inferred behaviours (model.inferred); batch them with the gbr step's table")
+            features.append(self.inferred(items, target, inf_items, self.item_encoder(inf_items), inf_conf))
         return self.mlp(torch.cat(features, dim=-1)).squeeze(-1)  # [B] logits
 
 

@@ -35,6 +35,7 @@ class TargetAttention(nn.Module):
 
     def forward(self, query: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         # query [B, D], keys [B, L, D], mask [B, L] (True = real event) -> pooled [B, D]
+        # keys [1, L, D] and mask [1, L] are shared by all B queries (one user, many candidates) without copies.
         # W [q, k, q-k, q*k] = (Wq + Wd) q + (Wk - Wd) k + Wp (q*k); Wd is absorbed into the learned Wq, Wk.
         hidden = self.query_proj(query).unsqueeze(1) + self.key_proj(keys) + self.product_proj(query.unsqueeze(1) * keys)
         scores = self.rest(self.act(hidden)).squeeze(-1)  # [B, L]
@@ -43,4 +44,4 @@ class TargetAttention(nn.Module):
             weights = torch.nan_to_num(weights)  # users with an empty history pool to zero
         else:
             weights = scores * mask  # the original DIN keeps raw weights so intensity is preserved
-        return torch.einsum("bl,bld->bd", weights, keys)
+        return (weights.unsqueeze(1) @ keys).squeeze(1)  # [B, 1, L] @ [B or 1, L, D] -> [B, D]
