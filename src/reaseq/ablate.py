@@ -26,7 +26,7 @@ from reaseq.data.dataset import SequenceData, load_prepared
 from reaseq.data.protocols import TRAIN, CTRSamples, load_ctr_samples
 from reaseq.errors import ConfigError
 from reaseq.evaluate.aggregate import aggregate_runs, format_mean_sd, mean_sd
-from reaseq.io import write_json, write_text
+from reaseq.io import sha256_text, write_json, write_text
 from reaseq.runs import RunDir
 
 log = logging.getLogger("reaseq")
@@ -65,7 +65,34 @@ def test_subsets(data: SequenceData, samples: CTRSamples, sparse_history: int, l
     return {"sparse_users": history_lengths(data, samples) <= sparse_history, "long_tail": item_pop[samples.item] <= long_tail}
 
 
-def _run_one(run_root: str, cfg_json: dict[str, Any], seed: int, sparse_history: int, long_tail: int, out: str) -> str:
+def row_key(run: RunDir, cfg: RunConfig, sparse_history: int, long_tail: int) -> str:
+    """What a cached (row, seed) result depends on: the row's model/train/protocol settings and the tables' step keys.
+
+    Where it ran (train.device, threads) and progress bars are left out: a row trained on a GPU is the same row.
+    """
+    steps = run.manifest["steps"]
+    section = {
+        "model": cfg.model.model_dump(mode="json", exclude={"knowledge_tables", "inferred_table"}),
+        "train": cfg.train.model_dump(mode="json", exclude={"seeds", "progress", "device", "num_threads"}),
+        "protocol": cfg.protocol.ctr.model_dump(), "evaluate": cfg.evaluate.model_dump(), "subsets": [sparse_history, long_tail],
+        "embed": steps.get("embed", {}).get("key") if cfg.model.knowledge_tables else None,
+        "gbr": steps.get("gbr", {}).get("key") if cfg.model.inferred_table else None,
+        "data": steps.get("prepare", {}).get("key"),
+    }
+    return sha256_text(json.dumps(section, sort_keys=True, default=str))
+
+
+def _cached(path: Path, key: str) -> bool:
+    """A finished result of the same row key (an older or other row config is recomputed, never reused)."""
+    if not path.is_file():
+        return False
+    if _read_json(path).get("row_key") == key:
+        return True
+    log.info("ablate: %s was made with other settings; recomputing it", path.name)
+    return False
+
+
+def _run_one(run_root: str, cfg_json: dict[str, Any], seed: int, sparse_history: int, long_tail: int, out: str, key: str) -> str:
     """One (row, seed): train, select on valid, score test and its subsets; the result JSON is written to `out`."""
     from reaseq.rank.ctr import run_ctr
 
@@ -73,7 +100,7 @@ def _run_one(run_root: str, cfg_json: dict[str, Any], seed: int, sparse_history:
     folder = Path(run_root) / pipeline.DATA_DIR
     data, samples = load_prepared(folder), load_ctr_samples(folder / pipeline.CTR_SAMPLES_FILE)
     result = run_ctr(data, samples, cfg, seed, test_subsets=test_subsets(data, samples, sparse_history, long_tail))
-    write_json(out, result)
+    write_json(out, {**result, "row_key": key, "device": cfg.train.device})
     return out
 
 
@@ -153,7 +180,7 @@ def run_ablation(
     seeds = seeds or cfg.train.seeds
     folder = run.root / ABLATION_DIR
     pipeline.prepare(run)
-    needs_tables = any(row_config(cfg, r, None, None).model.knowledge != "none" for r in rows)
+    needs_tables = any(ABLATION_ROWS[r].get("knowledge", "none") != "none" or ABLATION_ROWS[r].get("semantic_ids") for r in rows)
     needs_gbr = any(ABLATION_ROWS[r].get("inferred") for r in rows)
     source, tables = "none", None
     if needs_tables or needs_gbr:
@@ -162,9 +189,10 @@ def run_ablation(
     inferred = pipeline.gbr(run, force=force) if needs_gbr else None
 
     configs = {row: row_config(cfg, row, tables, inferred) for row in rows}
-    todo = [(row, seed) for row in rows for seed in seeds if force or not (folder / "rows" / f"{row}_seed{seed}.json").is_file()]
+    keys = {row: row_key(run, configs[row], sparse_history, long_tail) for row in rows}
+    todo = [(row, seed) for row in rows for seed in seeds if force or not _cached(folder / "rows" / f"{row}_seed{seed}.json", keys[row])]
     (folder / "rows").mkdir(parents=True, exist_ok=True)
-    args = [(str(run.root), configs[row].model_dump(mode="json"), seed, sparse_history, long_tail, str(folder / "rows" / f"{row}_seed{seed}.json")) for row, seed in todo]
+    args = [(str(run.root), configs[row].model_dump(mode="json"), seed, sparse_history, long_tail, str(folder / "rows" / f"{row}_seed{seed}.json"), keys[row]) for row, seed in todo]
     if jobs > 1 and len(args) > 1:
         # Spawned workers: each trains one (row, seed) with its own torch threads (and CUDA context on a GPU).
         with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:

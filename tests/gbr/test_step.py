@@ -137,6 +137,11 @@ def test_ablation_writes_every_row_report_and_plot_and_resumes(run: RunDir) -> N
     assert "reaseq vs din / all / auc" in record["gains"]
     assert (folder / "report.md").read_text().count("| reaseq |") == 1 and (folder / "ablation.png").stat().st_size > 0
     stamp = (folder / "rows" / "reaseq_seed0.json").stat().st_mtime_ns
+    din_stamp = (folder / "rows" / "din_seed0.json").stat().st_mtime_ns
     again = run_ablation(run, ["din", "din_gbr", "reaseq"], [0])
     assert (folder / "rows" / "reaseq_seed0.json").stat().st_mtime_ns == stamp
     assert again["rows"][2]["metrics"]["auc"] == record["rows"][2]["metrics"]["auc"]
+    # Other training settings make other rows: a cached result is never reused for them.
+    other = RunDir(run.root, run.config.model_copy(update={"train": run.config.train.model_copy(update={"lr": 0.002})}))
+    run_ablation(other, ["din"], [0])
+    assert (folder / "rows" / "din_seed0.json").stat().st_mtime_ns != din_stamp

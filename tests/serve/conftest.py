@@ -32,11 +32,16 @@ def train_tiny_run(root: Path, **model: object) -> Path:
     run = RunDir(cfg.run_dir, cfg)
     pipeline.prepare(run)
     pipeline.train(run)
+    detach_run_logs()
+    return run.root
+
+
+def detach_run_logs() -> None:
+    """Close the run-log file handlers a session-scoped run attached (the per-test fixture cannot see them)."""
     logger = logging.getLogger("reaseq")
     for handler in [h for h in logger.handlers if isinstance(h, logging.FileHandler)]:
         logger.removeHandler(handler)
         handler.close()
-    return run.root
 
 
 @pytest.fixture(scope="session")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import polars as pl
@@ -21,6 +20,7 @@ from reaseq.serve.app import create_app
 from reaseq.serve.config import ServeConfig
 from tests.conftest import tiny_overrides
 from tests.gbr.test_step import REPRESENT, TINY_GBR
+from tests.serve.conftest import detach_run_logs
 from tests.synthetic import make_synthetic
 
 USER_ROW = 3
@@ -40,10 +40,7 @@ def full_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     pipeline.embed(run, records)
     pipeline.gbr(run)
     pipeline.train(run)
-    logger = logging.getLogger("reaseq")
-    for handler in [h for h in logger.handlers if isinstance(h, logging.FileHandler)]:
-        logger.removeHandler(handler)
-        handler.close()
+    detach_run_logs()
     return run.root
 
 
