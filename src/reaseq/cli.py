@@ -214,7 +214,7 @@ def ablate(
     rows: Annotated[Optional[list[str]], typer.Option("--row", help="Ablation row (repeatable): din, din_rer, din_gbr, reaseq, kar, din_text. Default: all but din_text.")] = None,
     seeds: Annotated[Optional[list[int]], typer.Option("--seed", help="Seed (repeatable); default: train.seeds of the config.")] = None,
     records: Annotated[Optional[Path], typer.Option(help="Knowledge records (JSONL) for RER; default: the knowledge step's output, else the items' metadata.")] = None,
-    jobs: Annotated[int, typer.Option(help="(row, seed) trainings run in parallel processes.")] = 1,
+    jobs: Annotated[int, typer.Option(help="(row, seed) trainings run in parallel processes; set train.num_threads so that jobs x threads <= cores.")] = 1,
 ) -> None:
     """Run the ReaSeq ablation (din, din_rer, din_gbr, reaseq, kar) over seeds; write ablation.json, report.md and a plot."""
     from reaseq.ablate import ablation_table, run_ablation
