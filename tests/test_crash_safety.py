@@ -1,8 +1,8 @@
 """Crash safety: a step killed with SIGKILL part-way leaves no corrupt artifact, and rerunning it gives the uninterrupted result.
 
-Each step (prepare, train, knowledge) runs as its own `reaseq` process and is killed once it is visibly mid-way: a
-first table in its staging folder, an epoch in its log, entries in its knowledge cache. The three processes run at
-the same time (their start-up is mostly imports); the references and reruns run in this process, through the same
+Each step (prepare, train, knowledge, embed, gbr) runs as its own `reaseq` process and is killed once it is visibly
+mid-way: a first table in its staging folder, an epoch in its log, entries in its knowledge cache, RER's alignment
+under way, a GBR training round done. The processes run at the same time (their start-up is mostly imports); the references and reruns run in this process, through the same
 command line.
 """
 
@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import polars as pl
 import pytest
 import torch
@@ -29,7 +30,8 @@ from reaseq.cli import app
 from reaseq.data.prepare import PREPARED_FILES
 from reaseq.io import sha256_file
 from reaseq.knowledge.outputs import RECORDS_FILE
-from reaseq.knowledge.records import KnowledgeRecord, read_jsonl
+from reaseq.knowledge.records import KnowledgeRecord, read_jsonl, write_jsonl
+from reaseq.represent.step import metadata_records
 from tests.conftest import tiny_overrides
 from tests.knowledge.scripted_server import AgentPlayer, ScriptedServer
 from tests.knowledge.test_step import knowledge_run
@@ -43,6 +45,11 @@ WRITE_DELAY_S = 0.4  # "slow disk" for prepare, which otherwise finishes in a bl
 MODEL_DELAY_S = 0.05  # "slow model" for knowledge
 CACHED_AT_KILL = 15  # knowledge is killed once this many model answers are cached
 LONG_TRAIN = ["--set", "train.epochs=8", "--set", "train.patience=8"]  # long enough to be caught after epoch 1
+# A tiny RER and GBR; the alignment and GBR get enough rounds to be caught part-way.
+TINY_EMBED = [f"--set=represent.{k}" for k in ("encoder.progress=false", "align.epochs=300", "align.batch_size=16", "align.hidden=16",
+                                                 "align.neighbour_k=3", "align.progress=false", "semantic_ids.levels=2", "semantic_ids.codes=4",
+                                                 "semantic_ids.progress=false", "cooccurrence_dim=8", "cooccurrence_window=3")]
+TINY_GBR = [f"--set=gbr.{k}" for k in ("dim=8", "layers=1", "heads=2", "max_len=12", "batch_size=32", "epochs=12", "patience=12", "k=4", "steps=2", "num_threads=1")]
 
 # The command line with every atomic write held open for a while after its temporary file is complete and before
 # the rename: the kill then lands mid-write as well as mid-step.
@@ -116,6 +123,10 @@ def parse(path: Path) -> None:
         pl.read_parquet(path)
     elif suffix == ".pt":
         torch.load(path, weights_only=True)
+    elif suffix == ".npz":
+        with np.load(path) as arrays:
+            for name in arrays.files:
+                arrays[name]
     elif suffix == ".yaml":
         yaml.safe_load(path.read_text(encoding="utf-8"))
     elif suffix == ".png":
@@ -165,6 +176,9 @@ class Killed:
     earlier_manifest: bytes
     train_run: Path
     knowledge_run: Path
+    embed_run: Path
+    records: Path  # the knowledge records the embed step encodes
+    gbr_run: Path
     server: ScriptedServer
     pace: dict[str, float]
 
@@ -184,8 +198,11 @@ def killed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Killed]:
     server = ScriptedServer(lambda body: dataclasses.replace(player(body), delay=pace["delay"])).start()
     knowledge = knowledge_run(synthetic, base / "knowledge", server).root
     train_run = base / "train"
+    embed_run, gbr_run = base / "embed", base / "gbr"
+    invoke("prepare", "-c", str(config), "--run-dir", str(embed_run))
+    records_file = write_jsonl(base / "records.jsonl", metadata_records(pl.read_parquet(embed_run / "data" / "items.parquet")))
 
-    logs = {name: base / f"{name}.log" for name in ("prepare", "train", "knowledge")}
+    logs = {name: base / f"{name}.log" for name in ("prepare", "train", "knowledge", "embed", "gbr")}
     processes = {
         "prepare": (
             start(["prepare", "-c", str(config), "--run-dir", str(prepare_run)], logs["prepare"], slow_writes=True),
@@ -199,11 +216,19 @@ def killed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Killed]:
             start(["knowledge", "-c", str(knowledge / "config.yaml")], logs["knowledge"]),
             lambda: sum(1 for _ in (knowledge / "knowledge" / "cache").rglob("*.json")) >= CACHED_AT_KILL,
         ),
+        "embed": (
+            start(["embed", "-c", str(config), "--run-dir", str(embed_run), "--records", str(records_file), *TINY_EMBED], logs["embed"]),
+            lambda: log_has(embed_run / "run.log", "collaborative vectors"),  # logged just before the alignment trains
+        ),
+        "gbr": (
+            start(["gbr", "-c", str(config), "--run-dir", str(gbr_run), *TINY_GBR], logs["gbr"]),
+            lambda: log_has(gbr_run / "run.log", "epoch 1:"),
+        ),
     }
     try:
         kill_when({name: (process, ready, logs[name]) for name, (process, ready) in processes.items()})
         pace["delay"] = 0.0
-        yield Killed(base, config, prepare_run, earlier_hashes, earlier_manifest, train_run, knowledge, server, pace)
+        yield Killed(base, config, prepare_run, earlier_hashes, earlier_manifest, train_run, knowledge, embed_run, records_file, gbr_run, server, pace)
     finally:
         server.stop()
 
@@ -254,3 +279,30 @@ def test_knowledge_killed_mid_way(killed: Killed) -> None:
     assert records(run) == records(reference) and len(records(run)) == 60 and all(r.status == "ok" for r in records(run))
     # The answers cached before the kill are replayed, not asked again.
     assert 0 < len(server.requests) - sent <= calls - CACHED_AT_KILL
+
+
+def test_embed_killed_mid_way(killed: Killed) -> None:
+    run = killed.embed_run
+    check_artifacts(run)
+    assert "embed" not in steps(run) and not (run / "embed" / "knowledge.npz").exists()
+
+    reference = killed.base / "embed_reference"
+    invoke("embed", "-c", str(killed.config), "--run-dir", str(reference), "--records", str(killed.records), *TINY_EMBED)
+    invoke("embed", "-c", str(killed.config), "--run-dir", str(run), "--records", str(killed.records), *TINY_EMBED)
+    assert check_artifacts(run) == []
+    assert steps(run)["embed"]["key"] == steps(reference)["embed"]["key"]
+    ours, theirs = (np.load(r / "embed" / "knowledge.npz") for r in (run, reference))
+    for name in theirs.files:
+        np.testing.assert_array_equal(ours[name], theirs[name], err_msg=name)
+
+
+def test_gbr_killed_mid_way(killed: Killed) -> None:
+    run = killed.gbr_run
+    check_artifacts(run)
+    assert "gbr" not in steps(run) and not (run / "gbr" / "inferred.parquet").exists()
+
+    reference = killed.base / "gbr_reference"
+    invoke("gbr", "-c", str(killed.config), "--run-dir", str(reference), *TINY_GBR)
+    invoke("gbr", "-c", str(killed.config), "--run-dir", str(run), *TINY_GBR)
+    assert check_artifacts(run) == []
+    assert pl.read_parquet(run / "gbr" / "inferred.parquet").equals(pl.read_parquet(reference / "gbr" / "inferred.parquet"))
