@@ -46,3 +46,17 @@ def test_imported_text_is_scored_from_the_text() -> None:
     record = KnowledgeRecord(item_id="b", fields={"summary": "A space adventure from 1982."}, text="summary: A space adventure from 1982.", model_id="ref", source="imported")
     scores = score_source([record], [], ground_truth(ITEMS, ["b"]))
     assert scores["genre_recall"] == 1.0 and scores["genre_precision"] == pytest.approx(1 / 2) and scores["year_precision"] == 1.0
+
+
+def test_items_a_replay_only_run_never_generated_are_not_counted_as_model_failures() -> None:
+    from reaseq.knowledge.agents import NOT_CACHED
+
+    truth = ground_truth(ITEMS)
+    records = [
+        generated("a", ["Comedy"], "1990s"),
+        KnowledgeRecord(item_id="b", model_id="m", source="generated", status="failed", error=f"agent 'critic' failed: {NOT_CACHED}; run ..."),
+        KnowledgeRecord(item_id="c", model_id="m", source="generated", status="failed", error="garbage JSON after 3 attempts"),
+    ]
+    scores = score_source(records, [], truth)
+    assert scores["not_generated"] == 1.0
+    assert scores["coverage"] == pytest.approx(1 / 2)  # a real failure still counts against the model

@@ -44,6 +44,7 @@ from reaseq.knowledge.structured import (
     writer_json_schema,
 )
 
+NOT_CACHED = "not in the knowledge cache (replay-only run)"  # the error of a call a replay-only run could not replay
 log = logging.getLogger("reaseq")
 
 
@@ -145,7 +146,7 @@ class KnowledgePipeline:
             step.cached, step.output, step.attempts = True, entry["output"], int(entry.get("attempts", 1))
             return entry["output"]
         if self.cache is not None and self.cache.replay_only:
-            step.error = "not in the knowledge cache (replay-only run); run `reaseq knowledge` without knowledge.cache.replay_only to generate it"
+            step.error = f"{NOT_CACHED}; run `reaseq knowledge` without knowledge.cache.replay_only to generate it"
             raise StepFailed(step)
         conversation = list(messages)
         error = "no attempt was made"
