@@ -142,6 +142,24 @@ def test_train_evaluate_and_resume(config_file: Path, tmp_path: Path, caplog: py
     assert (run / "evaluation" / "report.md").is_file()
 
 
+def test_full_ranker_through_the_cli_gbr_train_evaluate(config_file: Path, tmp_path: Path) -> None:
+    run = tmp_path / "full"
+    tiny_gbr = [f"--set=gbr.{k}" for k in ("dim=8", "layers=1", "heads=2", "max_len=12", "batch_size=32", "epochs=2", "k=4", "steps=2", "init_from_knowledge=false")]
+    full = ["--run-dir", str(run), "--set", "model.inferred=true", *tiny_gbr]
+    trained = invoke("train", "-c", str(config_file), *full)  # without the gbr step first: a clear error, not a crash
+    assert trained.exit_code == 2 and "reaseq gbr" in trained.output
+    assert invoke("gbr", "-c", str(config_file), *full).exit_code == 0
+    trained = invoke("train", "-c", str(config_file), *full)
+    assert trained.exit_code == 0, trained.output
+    steps = json.loads((run / "manifest.json").read_text(encoding="utf-8"))["steps"]
+    assert "inferred.parquet" in steps["train_seed0"]["inputs"]  # the table's content keys the train step
+    metrics = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
+    evaluated = invoke("evaluate", "-c", str(config_file), *full)
+    assert evaluated.exit_code == 0, evaluated.output
+    evaluation = json.loads((run / "evaluation.json").read_text(encoding="utf-8"))
+    assert evaluation["test"]["auc"]["mean"] == pytest.approx(metrics["test"]["auc"]["mean"], abs=1e-6)
+
+
 def test_unknown_override_key_exits_2(config_file: Path) -> None:
     result = invoke("train", "-c", str(config_file), "--set", "train.lrr=1")
     assert result.exit_code == 2
