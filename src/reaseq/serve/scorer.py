@@ -12,7 +12,7 @@ from torch import nn
 from reaseq.data.batches import Batch
 from reaseq.errors import InputError
 from reaseq.serve.one_user import one_user_forward
-from reaseq.serve.tables import CORE_KEYS, ServingTables, raw_key
+from reaseq.serve.tables import ServingTables, raw_key
 
 RawId = int | str
 SHOWN_IDS = 20  # unknown ids quoted in an error message (the error object keeps them all)
