@@ -48,7 +48,7 @@ def test_imported_text_is_scored_from_the_text() -> None:
     assert scores["genre_recall"] == 1.0 and scores["genre_precision"] == pytest.approx(1 / 2) and scores["year_precision"] == 1.0
 
 
-def test_items_a_replay_only_run_never_generated_are_not_counted_as_model_failures() -> None:
+def test_items_a_replay_only_run_finds_no_answers_for_are_counted_and_not_covered() -> None:
     from reaseq.knowledge.agents import NOT_CACHED
 
     truth = ground_truth(ITEMS)
@@ -58,5 +58,5 @@ def test_items_a_replay_only_run_never_generated_are_not_counted_as_model_failur
         KnowledgeRecord(item_id="c", model_id="m", source="generated", status="failed", error="garbage JSON after 3 attempts"),
     ]
     scores = score_source(records, [], truth)
-    assert scores["not_generated"] == 1.0
-    assert scores["coverage"] == pytest.approx(1 / 2)  # a real failure still counts against the model
+    assert scores["not_in_cache"] == 1.0
+    assert scores["coverage"] == pytest.approx(1 / 3)  # never generated or failed when generated: not covered either way

@@ -38,7 +38,7 @@ _SHORT_DECADE = re.compile(r"(?<!\d)'?(\d0)s\b")
 GENRE_FIELD_HINTS = ("genre",)
 YEAR_FIELD_HINTS = ("era", "year", "decade", "period")
 QUALITY_METRICS = [
-    "not_generated",
+    "not_in_cache",
     "coverage",
     "genre_precision",
     "genre_recall",
@@ -127,14 +127,13 @@ def score_source(records: Sequence[KnowledgeRecord], traces: Sequence[TraceRecor
     critiqued = [trace for trace in traces if any(s.agent == "critic" for s in trace.steps)]
     revised = sum(any(s.revision for s in trace.steps) for trace in critiqued)
     confidences = [r.confidence for r in ok if r.confidence is not None]
-    # A replay-only run reports items it has no cached answers for as failed; those were never generated, so they
-    # are counted apart and left out of coverage (which measures the model, not how far generation got).
-    not_generated = sum(r.status != "ok" and NOT_CACHED in (r.error or "") for r in by_id.values())
-    attempted = len(truth) - not_generated
+    # A replay-only run cannot tell an item that was never generated from one whose generation failed (failed calls
+    # are not cached): both come back "not in the cache". They are counted, and both count against coverage.
+    not_in_cache = sum(r.status != "ok" and NOT_CACHED in (r.error or "") for r in by_id.values())
     return {
         "items": float(len(truth)),
-        "not_generated": float(not_generated),
-        "coverage": len(ok) / attempted if attempted else None,
+        "not_in_cache": float(not_in_cache),
+        "coverage": len(ok) / len(truth) if truth else None,
         "genre_precision": _ratio(hits, predicted),
         "genre_recall": _ratio(hits, mentioned_true),
         "genre_unmapped_rate": _ratio(unmapped, values),
