@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from collections.abc import Callable
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -46,6 +48,30 @@ def _open_run(config: Optional[Path], overrides: Optional[list[str]], run_dir: O
     return RunDir(cfg.run_dir, cfg)
 
 
+@contextmanager
+def _prepared_on_every_rank(config: Optional[Path], overrides: Optional[list[str]], run_dir: Optional[Path], device_of: Callable[[RunConfig], str]):  # noqa: ANN202
+    """(DDP context, prepared run) for a step every torchrun rank runs; a single process without torchrun.
+
+    Rank 0 prepares the data while the others wait (two writers would race on data/), then every rank opens the
+    run (reading its manifest) and only rank 0 keeps writing the run log; the process group is left at the end.
+    """
+    from reaseq import pipeline
+    from reaseq.rank import distributed
+
+    ctx = distributed.init_from_env(device_of(load_config(config, overrides or [])))
+    try:
+        if not ctx.is_main:
+            distributed.barrier(ctx)
+        run = _open_run(config, overrides, run_dir)
+        if ctx.is_main:
+            pipeline.prepare(run)
+            distributed.barrier(ctx)
+        distributed.log_on_main_only(ctx)
+        yield ctx, run
+    finally:
+        distributed.cleanup()
+
+
 def _guard(fn):  # noqa: ANN001, ANN202
     """Print ReaSeq errors as one clear line and exit 2 instead of a traceback."""
 
@@ -79,22 +105,9 @@ def train(config: ConfigOpt = None, set_: SetOpt = None, run_dir: RunDirOpt = No
     """Train the configured model for each seed (prepares data first if needed); early stopping on validation."""
     from reaseq import pipeline
     from reaseq.evaluate.aggregate import format_mean_sd
-    from reaseq.rank import distributed
 
-    # Under torchrun every rank runs this command (DDP): rank 0 prepares the data while the others wait (two
-    # writers would race on data/), then all ranks train together and only rank 0 writes the run's files.
-    ctx = distributed.init_from_env(load_config(config, set_ or []).train.device)
-    try:
-        if not ctx.is_main:
-            distributed.barrier(ctx)
-        run = _open_run(config, set_, run_dir)  # the other ranks open it after prepare, so they read its manifest
-        if ctx.is_main:
-            pipeline.prepare(run)
-            distributed.barrier(ctx)
-        distributed.log_on_main_only(ctx)
+    with _prepared_on_every_rank(config, set_, run_dir, lambda cfg: cfg.train.device) as (ctx, run):
         summary = pipeline.train(run, force=force)
-    finally:
-        distributed.cleanup()
     if not ctx.is_main:
         return
     for name, value in summary["test"].items():
@@ -185,21 +198,9 @@ def embed(
 def gbr(config: ConfigOpt = None, set_: SetOpt = None, run_dir: RunDirOpt = None, force: ForceOpt = False) -> None:
     """Train GBR (the masked diffusion model) on early training behaviour and write each user's inferred behaviours."""
     from reaseq import pipeline
-    from reaseq.rank import distributed
 
-    # Under torchrun (DDP) as in `train`: rank 0 prepares while the others wait; all ranks train; rank 0 writes.
-    ctx = distributed.init_from_env(load_config(config, set_ or []).gbr.device)
-    try:
-        if not ctx.is_main:
-            distributed.barrier(ctx)
-        run = _open_run(config, set_, run_dir)
-        if ctx.is_main:
-            pipeline.prepare(run)
-            distributed.barrier(ctx)
-        distributed.log_on_main_only(ctx)
+    with _prepared_on_every_rank(config, set_, run_dir, lambda cfg: cfg.gbr.device) as (ctx, run):
         path = pipeline.gbr(run, force=force)
-    finally:
-        distributed.cleanup()
     if ctx.is_main:
         typer.echo(f"inferred behaviours: {path}")
 
