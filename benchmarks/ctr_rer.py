@@ -14,7 +14,11 @@ Every row trains with the config's epochs / lr / patience (an equal tuning budge
 from __future__ import annotations
 
 import argparse
+import json
+import multiprocessing
 import sys
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,21 +26,22 @@ import numpy as np
 import polars as pl
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, ROOT, cached, finish, make_row, open_run  # noqa: E402
+from common import RESULTS, ROOT, finish, make_row, open_run  # noqa: E402
 
 from reaseq import pipeline  # noqa: E402
-from reaseq.config import RunConfig  # noqa: E402
+from reaseq.config import RunConfig, with_overrides  # noqa: E402
 from reaseq.data.batches import history_lengths, item_train_counts  # noqa: E402
 from reaseq.data.cold import cold_split  # noqa: E402
-from reaseq.data.protocols import TEST, TRAIN, CTRSamples  # noqa: E402
+from reaseq.data.dataset import SequenceData, load_prepared  # noqa: E402
+from reaseq.data.protocols import TEST, TRAIN, CTRSamples, load_ctr_samples  # noqa: E402
 from reaseq.evaluate.aggregate import aggregate_runs, format_mean_sd, mean_sd  # noqa: E402
-from reaseq.io import write_with  # noqa: E402
+from reaseq.io import write_json, write_with  # noqa: E402
 from reaseq.knowledge.config import ImportConfig  # noqa: E402
 from reaseq.knowledge.importer import import_knowledge  # noqa: E402
 from reaseq.knowledge.records import write_jsonl  # noqa: E402
 from reaseq.rank.ctr import run_ctr  # noqa: E402
 from reaseq.represent.step import metadata_records, run_embed  # noqa: E402
-from reaseq.represent.tables import KnowledgeTables, load_tables  # noqa: E402
+from reaseq.represent.tables import load_tables  # noqa: E402
 
 METRICS = ["auc", "gauc", "logloss"]
 CONFIGS = {"ml-100k": "ml-100k.yaml", "ml-1m": "ml-1m-ctr.yaml"}
@@ -49,6 +54,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "din_rer": {"knowledge": "aligned", "semantic_ids": True},
 }
 COLD_VARIANTS = ["din", "din_text", "din_rer"]
+PLAN_FILE = "plan.json"
 AGENT4REC_FILE = "agent4rec_movies_augmentation.csv"
 TML1M_FILE = "tml1m_movies.csv"
 
@@ -59,7 +65,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--config", type=Path, default=None, help="default: configs/<the dataset's config>")
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="config override for every row, e.g. train.epochs=3")
     parser.add_argument("--seeds", type=int, nargs="+", default=[2024, 2025, 2026])
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per row")
+    parser.add_argument("--jobs", type=int, default=1, help="rows trained at once, each in its own spawned process (with --set train.device=cuda they share the GPU)")
     parser.add_argument("--sources", nargs="+", choices=SOURCES, default=SOURCES)
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     parser.add_argument("--llm-records", type=Path, default=None, help="knowledge records (JSONL) of the knowledge step")
@@ -74,6 +81,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--work-dir", type=Path, default=None)
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--force", action="store_true", help="recompute rows cached in --work-dir")
+    parser.add_argument("--tables-only", action="store_true", help=f"build every source's knowledge tables, write the rows still to train to <work-dir>/{PLAN_FILE} and stop")
+    parser.add_argument("--train-plan", action="store_true", help=f"only train the rows of <work-dir>/{PLAN_FILE} (on another machine: carry the work dir's plan, run/data and the tables it names)")
     parser.add_argument("--hardware", default="", help="where the cached rows were trained, when not here (recorded in the JSON)")
     return parser.parse_args()
 
@@ -171,48 +180,122 @@ def gain(rows: dict[str, dict[str, Any]], better: str, base: str, subset: str | 
     return {"gain": diff["mean"], "paired_sd": diff["sd"], "row_sd": max(mean_sd(a)["sd"], mean_sd(b)["sd"]), "exceeds_2sd": len(a) > 1 and diff["mean"] > 2 * spread}
 
 
+@dataclass(frozen=True)
+class RowTask:
+    """One (row, seed) to train: its variant's config, its knowledge tables and whether it is a cold-start row."""
+
+    out: Path  # the cached result file
+    cfg_json: dict[str, Any]
+    tables: Path | None
+    seed: int
+    cold: bool
+
+
+def main_subsets(data: SequenceData, samples: CTRSamples, sparse_history: int, long_tail: int) -> dict[str, np.ndarray]:
+    """Masks of the sparse-user and long-tail test subsets."""
+    item_pop = item_train_counts(data, np.unique(samples.of(TRAIN).pos))
+    return {"sparse_users": history_lengths(data, samples) <= sparse_history, "long_tail": item_pop[samples.item] <= long_tail}
+
+
+def train_row(run_root: Path, task: RowTask, args: argparse.Namespace) -> Path:
+    """Train one (row, seed) and write its result (a top-level function, so spawned workers can run it)."""
+    cfg = RunConfig.model_validate(task.cfg_json)
+    folder = run_root / pipeline.DATA_DIR
+    data, samples = load_prepared(folder), load_ctr_samples(folder / pipeline.CTR_SAMPLES_FILE)
+    tables = load_tables(task.tables) if task.tables is not None else None
+    if task.cold:
+        # Cold start: a seeded share of the items never trained (targets dropped, masked from training histories,
+        # count 0 for RER's gate); scored on the test samples whose target is one of them.
+        split = cold_split(data, samples, args.cold_frac, args.cold_seed)
+        subsets = {"cold": split.test_mask(), "warm": (split.samples.split == TEST) & ~split.eval_mask}
+        result = run_ctr(data, split.samples, cfg, task.seed, tables=tables, test_subsets=subsets, train_hidden_items=split.cold_items)
+    else:
+        result = run_ctr(data, samples, cfg, task.seed, tables=tables, test_subsets=main_subsets(data, samples, args.sparse_history, args.long_tail))
+    write_json(task.out, {**result, "device": cfg.train.device})
+    return task.out
+
+
+def train_rows(run_root: Path, tasks: list[RowTask], args: argparse.Namespace) -> None:
+    """Train the rows not cached yet (all of them with --force), `--jobs` at a time."""
+    todo = [t for t in tasks if args.force or not t.out.is_file()]
+    for task in tasks:
+        if task not in todo:
+            print(f"  reusing {task.out}", file=sys.stderr)
+    if args.jobs > 1 and len(todo) > 1:
+        with ProcessPoolExecutor(max_workers=args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            for done in pool.map(train_row, [run_root] * len(todo), todo, [args] * len(todo)):
+                print(f"  wrote {done}", file=sys.stderr)
+    else:
+        for task in todo:
+            print(f"  wrote {train_row(run_root, task, args)}", file=sys.stderr)
+
+
+def write_plan(work: Path, run_root: Path, tasks: list[RowTask], args: argparse.Namespace) -> Path:
+    """The rows still to train, with paths relative to the work dir, so that another machine can train them."""
+    todo = [t for t in tasks if args.force or not t.out.is_file()]
+    rel = lambda path: str(Path(path).relative_to(work))  # noqa: E731
+    plan = {
+        "run_root": rel(run_root),
+        "settings": {k: vars(args)[k] for k in ("cold_frac", "cold_seed", "sparse_history", "long_tail")},
+        "tasks": [{"out": rel(t.out), "cfg": t.cfg_json, "tables": rel(t.tables) if t.tables else None, "seed": t.seed, "cold": t.cold} for t in todo],
+    }
+    return write_json(work / PLAN_FILE, plan)
+
+
+def train_plan(work: Path, args: argparse.Namespace) -> None:
+    """Train the rows of a plan written by --tables-only (no data preparation or encoding needed here)."""
+    path = work / PLAN_FILE
+    if not path.is_file():
+        raise SystemExit(f"{path} not found: write it with --tables-only first")
+    plan = json.loads(path.read_text(encoding="utf-8"))
+    for key, value in plan["settings"].items():
+        setattr(args, key, value)
+    # --set applies here too (e.g. train.device=cuda on the machine that trains); it changes where a row runs, not what it is.
+    extra = [*args.overrides, f"train.num_threads={args.threads}"]
+    tasks = [
+        RowTask(work / t["out"], with_overrides(RunConfig.model_validate(t["cfg"]), extra).model_dump(mode="json"), work / t["tables"] if t["tables"] else None, t["seed"], t["cold"])
+        for t in plan["tasks"]
+    ]
+    for task in tasks:
+        task.out.parent.mkdir(parents=True, exist_ok=True)
+    train_rows(work / plan["run_root"], tasks, args)
+
+
 def main() -> None:
     args = parse_args()
     config = args.config or ROOT / "configs" / CONFIGS[args.dataset]
     work = args.work_dir or ROOT / "runs" / "bench" / f"ctr_rer_{args.dataset}"
+    if args.train_plan:
+        train_plan(work, args)
+        return
     quiet = [f"represent.{part}.progress=false" for part in ("encoder", "align", "semantic_ids")]
     run = open_run(config, [*quiet, *args.overrides, f"train.num_threads={args.threads}"], work / "run")
     cfg = run.config
     data, samples, _ = pipeline.load_data(run)
     items = pl.read_parquet(run.root / "data" / "items.parquet")
     rows_dir, sources_dir = work / "rows", work / "sources"
-    train = samples.of(TRAIN)
-    item_pop = item_train_counts(data, np.unique(train.pos))
-    subsets = {
-        "sparse_users": history_lengths(data, samples) <= args.sparse_history,
-        "long_tail": item_pop[samples.item] <= args.long_tail,
-    }
+    rows_dir.mkdir(parents=True, exist_ok=True)
     tag = f"_{args.tag}" if args.tag else ""
 
-    def rows_for(variants: list[str], source: str | None, tables: KnowledgeTables | None, row_samples: CTRSamples,
-                 run_kwargs: dict[str, Any], prefix: str = "") -> list[dict[str, Any]]:
-        out = []
+    # Every row of the report: (name, tasks over seeds, variant config, source). Tables are built first, in this
+    # process (the embed steps write the run's manifest); then the rows train, in parallel with --jobs.
+    planned: list[tuple[str, list[RowTask], RunConfig, str | None, bool]] = []
+
+    def plan(variants: list[str], source: str | None, tables: Path | None, cold: bool, prefix: str = "") -> None:
         for variant in variants:
             row_cfg = variant_config(cfg, variant, args.rer_set)
             suffix = tag if variant == "din_rer" else ""
             name = f"{prefix}{variant}{suffix}" + (f"[{source}]" if source and variant != "din" else "")
             file_stem = f"{prefix}{variant}{suffix}" + (f"_{source}" if source and variant != "din" else "")
-            results = []
-            for seed in args.seeds:
-                compute = lambda: run_ctr(data, row_samples, row_cfg, seed, tables=tables if variant != "din" else None, **run_kwargs)  # noqa: E731
-                results.append(cached(rows_dir / f"{file_stem}_seed{seed}.json", compute, args.force))
-            out.append(summarise_row(name, results, source=source, model=row_cfg.model.model_dump(mode="json", exclude={"knowledge_tables"})))
-            print(f"{name}: test auc {[round(r['test']['metrics']['auc'], 4) for r in results]}", file=sys.stderr)
-        return out
+            tasks = [RowTask(rows_dir / f"{file_stem}_seed{seed}.json", row_cfg.model_dump(mode="json"), tables if variant != "din" else None, seed, cold) for seed in args.seeds]
+            planned.append((name, tasks, row_cfg, source, cold))
 
     # Main experiment: din once, then the knowledge rows of every available source.
-    rows: list[dict[str, Any]] = []
     matches: dict[str, Any] = {}
-    base_kwargs = {"test_subsets": subsets}
     if "din" in args.variants:
-        rows += rows_for(["din"], None, None, samples, base_kwargs)
+        plan(["din"], None, None, cold=False)
     knowledge_variants = [v for v in args.variants if v != "din"]
-    sources_tables: dict[str, Path] = {}
+    sources_records: dict[str, Path] = {}
     for source in args.sources:
         records, info = source_records(source, items, args, sources_dir)
         matches[source] = info
@@ -221,32 +304,41 @@ def main() -> None:
             continue
         print(f"source {source}: {info}", file=sys.stderr)
         tables_path = run_embed(run, records, name=source)
-        sources_tables[source] = records
-        tables = load_tables(tables_path)
+        sources_records[source] = records
         info["embed"] = run.manifest["steps"][f"embed_{source}"]["metrics"]
-        rows += rows_for(knowledge_variants, source, tables, samples, base_kwargs)
+        plan(knowledge_variants, source, tables_path, cold=False)
 
-    # Cold start: a seeded 10% of the items never trained (targets dropped, masked from training histories,
-    # count 0 for RER's gate); scored on the test samples whose target is one of them.
-    cold_rows: list[dict[str, Any]] = []
+    # Cold start: tables whose collaborative side and gate never saw the cold items.
     cold_info: dict[str, Any] = {}
     if args.cold_sources:
         split = cold_split(data, samples, args.cold_frac, args.cold_seed)
-        cold_subsets = {"cold": split.test_mask(), "warm": (split.samples.split == TEST) & ~split.eval_mask}
-        cold_kwargs = {"test_subsets": cold_subsets, "train_hidden_items": split.cold_items}
         cold_info = {"cold_items": len(split.cold_items), "frac": args.cold_frac, "seed": args.cold_seed, "cold_test_samples": int(split.test_mask().sum()),
                      "dropped_train_samples": int(len(samples) - len(split.samples))}
         prefix = f"cold{int(round(args.cold_frac * 100))}_"
-        cold_rows += rows_for(["din"], None, None, split.samples, cold_kwargs, prefix)
+        plan(["din"], None, None, cold=True, prefix=prefix)
         for source in args.cold_sources:
-            if source not in sources_tables:
+            if source not in sources_records:
                 continue
-            tables_path = run_embed(run, sources_tables[source], name=f"{source}_cold", exclude_items=split.cold_items)
-            cold_rows += rows_for([v for v in COLD_VARIANTS if v != "din"], source, load_tables(tables_path), split.samples, cold_kwargs, prefix)
+            tables_path = run_embed(run, sources_records[source], name=f"{source}_cold", exclude_items=split.cold_items)
+            plan([v for v in COLD_VARIANTS if v != "din"], source, tables_path, cold=True, prefix=prefix)
+
+    tasks = [task for _, row_tasks, *_ in planned for task in row_tasks]
+    if args.tables_only:
+        plan = write_plan(work, run.root, tasks, args)
+        print(f"tables built in {run.root / 'embed'}; the rows still to train are listed in {plan}", file=sys.stderr)
+        return
+    train_rows(run.root, tasks, args)
+    rows: list[dict[str, Any]] = []
+    cold_rows: list[dict[str, Any]] = []
+    for name, tasks, row_cfg, source, cold in planned:
+        results = [json.loads(task.out.read_text(encoding="utf-8")) for task in tasks]
+        row = summarise_row(name, results, source=source, model=row_cfg.model.model_dump(mode="json", exclude={"knowledge_tables"}))
+        (cold_rows if cold else rows).append(row)
+        print(f"{name}: test auc {[round(r['test']['metrics']['auc'], 4) for r in results]}", file=sys.stderr)
 
     by_name = {row["name"]: row for row in rows + cold_rows}
     gains: dict[str, Any] = {}
-    for source in sources_tables:
+    for source in sources_records:
         rer = f"din_rer{tag}[{source}]"
         for base in ("din", f"din_text[{source}]", f"kar[{source}]"):
             for subset in (None, "sparse_users", "long_tail"):

@@ -13,7 +13,8 @@ from typer.testing import CliRunner
 
 import reaseq.pipeline as pipeline_module
 from reaseq.cli import app
-from reaseq.config import load_config
+from reaseq.config import load_config, with_overrides
+from reaseq.errors import ConfigError
 from reaseq.io import sha256_file
 from reaseq.runs import RunDir
 
@@ -165,6 +166,15 @@ def test_unknown_override_key_exits_2(config_file: Path) -> None:
     assert result.exit_code == 2
     assert "train.lrr" in result.output and "Fix:" in result.output and "config-schema" in result.output
     assert "Traceback" not in result.output
+
+
+def test_overrides_on_a_resolved_config(config_file: Path) -> None:
+    cfg = load_config(config_file)
+    moved = with_overrides(cfg, ["train.device=cuda", "train.num_threads=3"])
+    assert (moved.train.device, moved.train.num_threads) == ("cuda", 3)
+    assert moved.model == cfg.model and cfg.train.device == "cpu"  # the rest unchanged, the original untouched
+    with pytest.raises(ConfigError, match="train.lrr"):
+        with_overrides(cfg, ["train.lrr=1"])
 
 
 def test_misspelt_yaml_key_exits_2(config_file: Path, tmp_path: Path) -> None:

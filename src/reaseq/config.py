@@ -206,6 +206,15 @@ def load_config(path: Path | None = None, overrides: list[str] | None = None) ->
         raise _describe(exc, file) from None
 
 
+def with_overrides(config: RunConfig, overrides: list[str]) -> RunConfig:
+    """A resolved config with dotted overrides applied on top, validated strictly."""
+    data = _merge(config.model_dump(mode="json"), parse_overrides(overrides))
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as exc:
+        raise _describe(exc, "<overrides>") from None
+
+
 def dump_config(config: RunConfig) -> str:
     """The resolved config as YAML text."""
     return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
