@@ -122,6 +122,23 @@ def test_cold_item_is_knowledge_only_and_its_id_embedding_gets_no_gradient() -> 
     assert torch.all(ids.grad[COLD] == 0) and ids.grad[1].abs().sum() > 0
 
 
+def test_id_dropout_makes_items_with_knowledge_knowledge_only_in_training_only() -> None:
+    data, tables = tiny_data(), make_tables()
+    encoder = build_din(data, cfg(knowledge="aligned", use_item_features=False, id_dropout=0.99), tables).item_encoder
+    warm_known, no_knowledge = torch.tensor([1, 2, 3]), torch.tensor(NO_KNOWLEDGE)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        encoder.eval()
+        mixed = encoder(warm_known)
+        encoder.train()
+        dropped = encoder(warm_known)
+        kept = encoder(no_knowledge)
+    torch.testing.assert_close(dropped, encoder.parts[KNOWLEDGE_PART](warm_known).detach())  # gate 0: knowledge alone
+    assert not torch.allclose(mixed, dropped)  # in eval the popularity gate mixes the ID part back in
+    torch.testing.assert_close(kept, encoder.parts["id"](no_knowledge).detach())  # nothing to fall back on: never dropped
+    assert build_din(data, cfg(knowledge="text", id_dropout=0.5), tables).item_encoder.id_dropout == 0.0  # only the gated part
+
+
 def test_fine_tuned_projection_starts_at_the_aligned_vectors_and_trains_a_copy() -> None:
     tables = make_tables()
     frozen = build_knowledge_parts(cfg(knowledge="aligned"), tables, N_ITEMS, DIM)[KNOWLEDGE_PART]

@@ -61,15 +61,18 @@ class ItemEncoder(nn.Module):
     (count / (count + pivot) from training interactions). The mix then counts as one part: the other parts are
     summed with (or concatenated to) it as usual. An item never seen in training has gate 0, so its untrained
     ID embedding is multiplied by exactly zero and it is represented by its knowledge (and the other parts) alone.
+    `id_dropout`: in training, that share of the occurrences of items with knowledge get gate 0 too, so that such
+    knowledge-only vectors are not new to the layers above when a cold item arrives.
     """
 
-    def __init__(self, parts: dict[str, nn.Module], fusion: str = "sum", gated: str | None = None) -> None:
+    def __init__(self, parts: dict[str, nn.Module], fusion: str = "sum", gated: str | None = None, id_dropout: float = 0.0) -> None:
         super().__init__()
         if gated is not None and ("id" not in parts or gated not in parts or not hasattr(parts[gated], "gate_of")):
             raise ValueError(f"gated fusion needs an 'id' part and a part '{gated}' with a gate_of method, got {list(parts)}")
         self.parts = nn.ModuleDict(parts)
         self.fusion = fusion
         self.gated = gated
+        self.id_dropout = id_dropout
         blocks = [name for name in parts if name != gated]  # the gated pair takes the ID part's place
         dims = [parts[name].out_dim for name in blocks]
         if fusion == "sum" and len(set(dims)) > 1:
@@ -87,7 +90,11 @@ class ItemEncoder(nn.Module):
             vector = part(items)
             if name == "id" and self.gated is not None:
                 knowledge = self.parts[self.gated]
-                gate = knowledge.gate_of(items).unsqueeze(-1)  # [..., 1]
+                gate = knowledge.gate_of(items)  # [...]
+                if self.training and self.id_dropout > 0:
+                    dropped = (torch.rand(items.shape, device=items.device) < self.id_dropout) & knowledge.has_knowledge[items]
+                    gate = gate.masked_fill(dropped, 0.0)
+                gate = gate.unsqueeze(-1)  # [..., 1]
                 vector = gate * vector + (1 - gate) * knowledge(items)
             vectors.append(vector)
         out = torch.stack(vectors).sum(0) if self.fusion == "sum" else torch.cat(vectors, dim=-1)
@@ -95,7 +102,7 @@ class ItemEncoder(nn.Module):
 
 
 def build_item_encoder(data: SequenceData, dim: int, use_item_features: bool, fusion: str = "sum",
-                       extra: dict[str, nn.Module] | None = None, gated: str | None = None) -> ItemEncoder:
+                       extra: dict[str, nn.Module] | None = None, gated: str | None = None, id_dropout: float = 0.0) -> ItemEncoder:
     """ID embedding plus, when enabled and present in the data, genre and year embeddings, plus `extra` parts (RER).
 
     `gated` names the extra part mixed with the ID part by its popularity gate (see ItemEncoder).
@@ -106,4 +113,4 @@ def build_item_encoder(data: SequenceData, dim: int, use_item_features: bool, fu
     if use_item_features and data.n_years:
         parts["year"] = YearPart(torch.from_numpy(data.item_year), data.n_years, dim)
     parts.update(extra or {})
-    return ItemEncoder(parts, fusion, gated)
+    return ItemEncoder(parts, fusion, gated, id_dropout)
