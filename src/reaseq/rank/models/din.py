@@ -76,8 +76,8 @@ class DIN(nn.Module):
               inf_items: torch.Tensor | None = None, inf_conf: torch.Tensor | None = None) -> torch.Tensor:
         """Logits [B] for target `items` [B]; the user-side inputs have B rows, or 1 row shared by all targets."""
         n = items.shape[0]
-        target = self.item_encoder(items)  # [B, D]
-        history = self.item_encoder(hist_items)  # [U, L, D], U = B or 1
+        lookups = [items, hist_items] + ([inf_items] if self.inferred is not None and inf_items is not None else [])
+        target, history, *inferred = self.item_encoder.lookup(*lookups)  # [B, D], [U, L, D] (U = B or 1), [U, K, D]
         mask = hist_items > 0  # [U, L]
         if self.action_embedding is not None:
             history = history + self.action_embedding(hist_actions) * mask.unsqueeze(-1)
@@ -90,7 +90,7 @@ class DIN(nn.Module):
         if self.inferred is not None:
             if inf_items is None or inf_conf is None:
                 raise KeyError("inf_items: this DIN reads inferred behaviours (model.inferred); batch them with the gbr step's table")
-            features.append(self.inferred(items, target, inf_items, self.item_encoder(inf_items), inf_conf))
+            features.append(self.inferred(items, target, inf_items, inferred[0], inf_conf))
         return self.mlp(torch.cat(features, dim=-1)).squeeze(-1)  # [B] logits
 
 
