@@ -4,6 +4,9 @@ with sparse-user / long-tail subsets and a cold-start experiment (10% of the ite
     python benchmarks/ctr_rer.py --dataset ml-100k                 # all rows, 3 seeds, results/ml-100k_ctr_rer.json
     python benchmarks/ctr_rer.py --dataset ml-1m --seeds 2024      # the real benchmark, one seed
     python benchmarks/ctr_rer.py --llm-records runs/x/knowledge/records.jsonl   # adds the `llm` knowledge source
+    python benchmarks/ctr_rer.py --dataset ml-1m --jobs 3                       # rows in 3 processes at once
+    python benchmarks/ctr_rer.py --dataset ml-1m --tables-only                  # tables here, rows to plan.json ...
+    python benchmarks/ctr_rer.py --dataset ml-1m --train-plan --jobs 16 --set train.device=cuda   # ... trained on a GPU
 
 Knowledge sources: `metadata` (the items' title, year and genres as text), `llm` (records of the knowledge step),
 `agent4rec` (Agent4Rec's LLM-written movie summaries) and `tml1m` (plot, director and cast of the ML-1M movies);

@@ -73,6 +73,7 @@ class ItemEncoder(nn.Module):
         self.fusion = fusion
         self.gated = gated
         self.id_dropout = id_dropout
+        self.dedupe_lookups = True  # False: encode every slot (the slower path; benchmarks/train_speed.py compares them)
         blocks = [name for name in parts if name != gated]  # the gated pair takes the ID part's place
         dims = [parts[name].out_dim for name in blocks]
         if fusion == "sum" and len(set(dims)) > 1:
@@ -108,7 +109,7 @@ class ItemEncoder(nn.Module):
         gathering gives the same vectors with one cheap gather backward; with ID dropout, an item's gate is
         then dropped for all its slots of the batch together.
         """
-        if torch.onnx.is_in_onnx_export():  # keep the exported graph free of data-dependent shapes
+        if not self.dedupe_lookups or torch.onnx.is_in_onnx_export():  # an exported graph has no data-dependent shapes
             return [self(t) for t in ids]
         flat = torch.cat([t.reshape(-1) for t in ids])
         unique, inverse = torch.unique(flat, return_inverse=True)
