@@ -113,7 +113,8 @@ class ItemEncoder(nn.Module):
             return [self(t) for t in ids]
         flat = torch.cat([t.reshape(-1) for t in ids])
         unique, inverse = torch.unique(flat, return_inverse=True)
-        vectors = self(unique)[inverse]  # [N, D]
+        # index_select, not [inverse]: the latter's backward accumulates with atomics on CPU threads (not reproducible).
+        vectors = self(unique).index_select(0, inverse)  # [N, D]
         return [v.view(*t.shape, -1) for v, t in zip(vectors.split([t.numel() for t in ids]), ids)]
 
 

@@ -31,7 +31,8 @@ CODE_INIT_STD = 0.02
 def per_unique(items: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
     """fn over the distinct ids only, spread back to [..., D]: a batch repeats items, and text MLPs are costly."""
     unique, inverse = torch.unique(items, return_inverse=True)
-    return fn(unique)[inverse]
+    # index_select, not [inverse]: the latter's backward accumulates with atomics on CPU threads (not reproducible).
+    return fn(unique).index_select(0, inverse.reshape(-1)).view(*items.shape, -1)
 
 
 class AlignedKnowledgePart(nn.Module):
