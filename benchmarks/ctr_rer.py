@@ -253,7 +253,8 @@ def train_plan(work: Path, args: argparse.Namespace) -> None:
     plan = json.loads(path.read_text(encoding="utf-8"))
     for key, value in plan["settings"].items():
         setattr(args, key, value)
-    # --set applies here too (e.g. train.device=cuda on the machine that trains); it changes where a row runs, not what it is.
+    # --set applies here too, meant for where a row runs (train.device=cuda on the GPU machine): a setting that changes
+    # the model or training would make a row differ from the one its file name stands for.
     extra = [*args.overrides, f"train.num_threads={args.threads}"]
     tasks = [
         RowTask(work / t["out"], with_overrides(RunConfig.model_validate(t["cfg"]), extra).model_dump(mode="json"), work / t["tables"] if t["tables"] else None, t["seed"], t["cold"])
