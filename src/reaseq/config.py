@@ -90,8 +90,8 @@ class ModelConfig(Strict):
     kar_experts: int = Field(4, ge=1)  # KAR adaptor: number of expert MLPs
     kar_hidden: int = Field(64, ge=1)  # KAR adaptor: hidden width of each expert
     fine_tune_projection: bool = False  # "aligned": train the text -> collaborative projection with the ranker
-    # "aligned": in training, the share of item occurrences (with knowledge) whose gate is set to 0, so the ranker also
-    # learns to score knowledge-only items, which is all a cold item is (ID dropout, as in DropoutNet)
+    # "aligned": in training, the share of a batch's distinct items (those with knowledge) whose gate is set to 0, so the
+    # ranker also learns to score knowledge-only items, which is all a cold item is (ID dropout, as in DropoutNet)
     id_dropout: float = Field(0.0, ge=0.0, lt=1.0)
     knowledge_tables: Path | None = None  # the embed step's tables (knowledge.npz); the pipeline sets it
     # GBR in the ranker (DIN): a second target attention over the user's inferred behaviours, beside the real

@@ -123,6 +123,20 @@ def test_cold_item_is_knowledge_only_and_its_id_embedding_gets_no_gradient() -> 
     assert torch.all(ids.grad[COLD] == 0) and ids.grad[1].abs().sum() > 0
 
 
+@pytest.mark.parametrize("knowledge", ["aligned", "kar"])
+def test_lookup_encodes_distinct_ids_once_and_matches_slot_by_slot_encoding(knowledge: str) -> None:
+    encoder = build_din(tiny_data(), cfg(knowledge=knowledge, semantic_ids=True), make_tables()).item_encoder.eval()
+    targets, history = torch.tensor([3, 5, 3, 0]), torch.tensor([[0, 1, 3, 3], [12, 12, 5, 4]])
+    calls: list[int] = []
+    encoder.register_forward_hook(lambda module, args, out: calls.append(args[0].numel()))
+    with torch.no_grad():
+        got = encoder.lookup(targets, history)
+    assert calls == [6]  # one call over the distinct ids 0, 1, 3, 4, 5 and 12
+    with torch.no_grad():
+        torch.testing.assert_close(got[0], encoder(targets))
+        torch.testing.assert_close(got[1], encoder(history))
+
+
 def test_id_dropout_makes_items_with_knowledge_knowledge_only_in_training_only() -> None:
     data, tables = tiny_data(), make_tables()
     encoder = build_din(data, cfg(knowledge="aligned", use_item_features=False, id_dropout=0.99), tables).item_encoder

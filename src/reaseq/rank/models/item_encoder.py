@@ -61,8 +61,9 @@ class ItemEncoder(nn.Module):
     (count / (count + pivot) from training interactions). The mix then counts as one part: the other parts are
     summed with (or concatenated to) it as usual. An item never seen in training has gate 0, so its untrained
     ID embedding is multiplied by exactly zero and it is represented by its knowledge (and the other parts) alone.
-    `id_dropout`: in training, that share of the occurrences of items with knowledge get gate 0 too, so that such
-    knowledge-only vectors are not new to the layers above when a cold item arrives.
+    `id_dropout`: in training, that share of the items with knowledge get gate 0 too (each call draws per id it is
+    given; `lookup` gives each distinct id once), so that knowledge-only vectors are not new to the layers above
+    when a cold item arrives.
     """
 
     def __init__(self, parts: dict[str, nn.Module], fusion: str = "sum", gated: str | None = None, id_dropout: float = 0.0) -> None:
