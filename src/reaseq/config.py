@@ -93,6 +93,9 @@ class ModelConfig(Strict):
     # "aligned": in training, the share of a batch's distinct items (those with knowledge) whose gate is set to 0, so the
     # ranker also learns to score knowledge-only items, which is all a cold item is (ID dropout, as in DropoutNet)
     id_dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    # "aligned": also add the raw text vectors through a trainable linear map (as `din_text` does), outside the gate,
+    # so an item's text informs its vector end to end, a cold item's too
+    text_residual: bool = False
     knowledge_tables: Path | None = None  # the embed step's tables (knowledge.npz); the pipeline sets it
     # GBR in the ranker (DIN): a second target attention over the user's inferred behaviours, beside the real
     # sequence; each inferred item carries a source flag and its confidence. Needs the gbr step's table.

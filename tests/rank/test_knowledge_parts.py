@@ -137,6 +137,17 @@ def test_lookup_encodes_distinct_ids_once_and_matches_slot_by_slot_encoding(know
         torch.testing.assert_close(got[1], encoder(history))
 
 
+def test_text_residual_adds_the_raw_text_part_outside_the_gate() -> None:
+    data, tables = tiny_data(), make_tables()
+    encoder = build_din(data, cfg(knowledge="aligned", use_item_features=False, text_residual=True), tables).item_encoder.eval()
+    assert set(encoder.parts) == {"id", KNOWLEDGE_PART, "text_residual"}
+    cold = torch.tensor(COLD)
+    with torch.no_grad():
+        expected = encoder.parts[KNOWLEDGE_PART](cold) + encoder.parts["text_residual"](cold)  # gate 0: knowledge + text
+        torch.testing.assert_close(encoder(cold), expected)
+    assert set(build_din(data, cfg(knowledge="aligned", use_item_features=False), tables).item_encoder.parts) == {"id", KNOWLEDGE_PART}
+
+
 def test_id_dropout_makes_items_with_knowledge_knowledge_only_in_training_only() -> None:
     data, tables = tiny_data(), make_tables()
     encoder = build_din(data, cfg(knowledge="aligned", use_item_features=False, id_dropout=0.99), tables).item_encoder

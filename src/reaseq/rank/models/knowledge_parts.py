@@ -23,6 +23,7 @@ from reaseq.represent.tables import NO_CODE, KnowledgeTables, load_tables
 
 KNOWLEDGE_PART = "knowledge"  # name of the knowledge part in the item encoder (fused with "id" when gated)
 SEMANTIC_ID_PART = "semantic_ids"
+TEXT_RESIDUAL_PART = "text_residual"  # raw text beside the aligned part (model.text_residual), summed outside the gate
 # Code embeddings start near zero, as the ID part's do: a code is an ID shared by similar items, and large random
 # starting vectors (nn.Embedding's N(0, 1)) drown the other parts and overfit (measured on ML-100K).
 CODE_INIT_STD = 0.02
@@ -183,6 +184,8 @@ def build_knowledge_parts(cfg: ModelConfig, tables: KnowledgeTables | None, n_it
                                   "re-run the embed step so that knowledge.pt is written, or set model.fine_tune_projection=false")
             projection = copy.deepcopy(tables.projection)  # the tables keep RER's own projection untouched
         parts[KNOWLEDGE_PART] = AlignedKnowledgePart(torch.from_numpy(tables.aligned), torch.from_numpy(tables.gate), known, dim, text, projection)
+        if cfg.text_residual:
+            parts[TEXT_RESIDUAL_PART] = TextPart(text, dim)
     elif cfg.knowledge == "text":
         parts[KNOWLEDGE_PART] = TextPart(text, dim)
     elif cfg.knowledge == "kar":
