@@ -25,18 +25,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import polars as pl
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, ROOT, finish, make_row, open_run  # noqa: E402
 
 from reaseq import pipeline  # noqa: E402
+from reaseq.ablate import test_subsets  # noqa: E402
 from reaseq.config import RunConfig, with_overrides  # noqa: E402
-from reaseq.data.batches import history_lengths, item_train_counts  # noqa: E402
 from reaseq.data.cold import cold_split  # noqa: E402
-from reaseq.data.dataset import SequenceData, load_prepared  # noqa: E402
-from reaseq.data.protocols import TEST, TRAIN, CTRSamples, load_ctr_samples  # noqa: E402
+from reaseq.data.dataset import load_prepared  # noqa: E402
+from reaseq.data.protocols import TEST, load_ctr_samples  # noqa: E402
 from reaseq.evaluate.aggregate import aggregate_runs, format_mean_sd, mean_sd  # noqa: E402
 from reaseq.io import write_json, write_with  # noqa: E402
 from reaseq.knowledge.config import ImportConfig  # noqa: E402
@@ -194,12 +193,6 @@ class RowTask:
     cold: bool
 
 
-def main_subsets(data: SequenceData, samples: CTRSamples, sparse_history: int, long_tail: int) -> dict[str, np.ndarray]:
-    """Masks of the sparse-user and long-tail test subsets."""
-    item_pop = item_train_counts(data, np.unique(samples.of(TRAIN).pos))
-    return {"sparse_users": history_lengths(data, samples) <= sparse_history, "long_tail": item_pop[samples.item] <= long_tail}
-
-
 def train_row(run_root: Path, task: RowTask, args: argparse.Namespace) -> Path:
     """Train one (row, seed) and write its result (a top-level function, so spawned workers can run it)."""
     cfg = RunConfig.model_validate(task.cfg_json)
@@ -213,14 +206,19 @@ def train_row(run_root: Path, task: RowTask, args: argparse.Namespace) -> Path:
         subsets = {"cold": split.test_mask(), "warm": (split.samples.split == TEST) & ~split.eval_mask}
         result = run_ctr(data, split.samples, cfg, task.seed, tables=tables, test_subsets=subsets, train_hidden_items=split.cold_items)
     else:
-        result = run_ctr(data, samples, cfg, task.seed, tables=tables, test_subsets=main_subsets(data, samples, args.sparse_history, args.long_tail))
+        result = run_ctr(data, samples, cfg, task.seed, tables=tables, test_subsets=test_subsets(data, samples, args.sparse_history, args.long_tail))
     write_json(task.out, {**result, "device": cfg.train.device})
     return task.out
 
 
+def pending(tasks: list[RowTask], force: bool) -> list[RowTask]:
+    """The tasks without a result file yet (all of them with --force)."""
+    return [t for t in tasks if force or not t.out.is_file()]
+
+
 def train_rows(run_root: Path, tasks: list[RowTask], args: argparse.Namespace) -> None:
     """Train the rows not cached yet (all of them with --force), `--jobs` at a time."""
-    todo = [t for t in tasks if args.force or not t.out.is_file()]
+    todo = pending(tasks, args.force)
     for task in tasks:
         if task not in todo:
             print(f"  reusing {task.out}", file=sys.stderr)
@@ -235,7 +233,7 @@ def train_rows(run_root: Path, tasks: list[RowTask], args: argparse.Namespace) -
 
 def write_plan(work: Path, run_root: Path, tasks: list[RowTask], args: argparse.Namespace) -> Path:
     """The rows still to train, with paths relative to the work dir, so that another machine can train them."""
-    todo = [t for t in tasks if args.force or not t.out.is_file()]
+    todo = pending(tasks, args.force)
     rel = lambda path: str(Path(path).relative_to(work))  # noqa: E731
     plan = {
         "run_root": rel(run_root),
@@ -328,8 +326,8 @@ def main() -> None:
 
     tasks = [task for _, row_tasks, *_ in planned for task in row_tasks]
     if args.tables_only:
-        plan = write_plan(work, run.root, tasks, args)
-        print(f"tables built in {run.root / 'embed'}; the rows still to train are listed in {plan}", file=sys.stderr)
+        plan_path = write_plan(work, run.root, tasks, args)
+        print(f"tables built in {run.root / 'embed'}; the rows still to train are listed in {plan_path}", file=sys.stderr)
         return
     train_rows(run.root, tasks, args)
     rows: list[dict[str, Any]] = []

@@ -3,10 +3,19 @@ see knowledge_parts.py), with the ID and aligned-knowledge pair mixed by a popul
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
 from reaseq.data.dataset import SequenceData
+
+
+def per_unique(items: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """fn over the distinct ids only, spread back to [..., D]: a batch repeats items, and encoding costs per id."""
+    unique, inverse = torch.unique(items, return_inverse=True)
+    # index_select, not [inverse]: the latter's backward accumulates with atomics on CPU threads (not reproducible).
+    return fn(unique).index_select(0, inverse.reshape(-1)).view(*items.shape, -1)
 
 
 class IdPart(nn.Module):
@@ -112,10 +121,7 @@ class ItemEncoder(nn.Module):
         """
         if not self.dedupe_lookups or torch.onnx.is_in_onnx_export():  # an exported graph has no data-dependent shapes
             return [self(t) for t in ids]
-        flat = torch.cat([t.reshape(-1) for t in ids])
-        unique, inverse = torch.unique(flat, return_inverse=True)
-        # index_select, not [inverse]: the latter's backward accumulates with atomics on CPU threads (not reproducible).
-        vectors = self(unique).index_select(0, inverse)  # [N, D]
+        vectors = per_unique(torch.cat([t.reshape(-1) for t in ids]), self)  # [N, D]
         return [v.view(*t.shape, -1) for v, t in zip(vectors.split([t.numel() for t in ids]), ids)]
 
 

@@ -9,7 +9,6 @@ and the tables come back from the embed step's files.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +17,7 @@ from torch import nn
 
 from reaseq.config import ModelConfig
 from reaseq.errors import ConfigError
+from reaseq.rank.models.item_encoder import per_unique
 from reaseq.represent.align import Projection
 from reaseq.represent.tables import NO_CODE, KnowledgeTables, load_tables
 
@@ -27,13 +27,6 @@ TEXT_RESIDUAL_PART = "text_residual"  # raw text beside the aligned part (model.
 # Code embeddings start near zero, as the ID part's do: a code is an ID shared by similar items, and large random
 # starting vectors (nn.Embedding's N(0, 1)) drown the other parts and overfit (measured on ML-100K).
 CODE_INIT_STD = 0.02
-
-
-def per_unique(items: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
-    """fn over the distinct ids only, spread back to [..., D]: a batch repeats items, and text MLPs are costly."""
-    unique, inverse = torch.unique(items, return_inverse=True)
-    # index_select, not [inverse]: the latter's backward accumulates with atomics on CPU threads (not reproducible).
-    return fn(unique).index_select(0, inverse.reshape(-1)).view(*items.shape, -1)
 
 
 class AlignedKnowledgePart(nn.Module):
