@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import polars as pl
 import pytest
 
 from reaseq.knowledge.agents import generate_knowledge
+from reaseq.knowledge.backends.grammar_first import GrammarFirstGreedy
 from reaseq.knowledge.backends.llama_cpp import LlamaCppBackend
 from reaseq.knowledge.cache import KnowledgeCache
 from reaseq.knowledge.config import AgentsConfig, DecodingConfig, LlamaCppConfig
@@ -48,3 +50,25 @@ def test_embedded_model_writes_valid_records_and_replays_from_the_cache(tmp_path
     backend = LlamaCppBackend(LlamaCppConfig(n_ctx=2048, n_threads=2))
     second = generate_knowledge(items, backend, agents, decoding, KnowledgeCache(tmp_path / "cache"))
     assert second.records == first.records and backend._llm is None
+
+
+def test_grammar_first_sampling_gives_the_tokens_of_llama_cpps_own_chain() -> None:
+    """Greedy + repeat penalty + JSON grammar: checking the best token first must not change a single token."""
+    schema = {"type": "object", "properties": {"reasoning": {"type": "string"}, "genres": {"type": "array", "items": {"type": "string"}}}, "required": ["reasoning", "genres"]}
+    prompts = [
+        [{"role": "system", "content": "Always answer with a single JSON object."}, {"role": "user", "content": "Describe the film Heat (1995): reasoning, then its genres."}],
+        [{"role": "user", "content": "Toy Story (1995). Think step by step about who would enjoy it, then list genres, in JSON."}],
+    ]
+    answers: dict[bool, list[str]] = {}
+    for grammar_first in (False, True):
+        backend = LlamaCppBackend(LlamaCppConfig(n_ctx=1024, n_threads=2, grammar_first=grammar_first))
+        answers[grammar_first] = [
+            asyncio.run(backend.complete(messages, json_schema=schema, max_tokens=96, temperature=0.0, seed=0, repeat_penalty=1.15)).text for messages in prompts
+        ]
+        sampler = backend._llm._sampler
+        if grammar_first:  # the fast path ran, and its fallback (best token breaks the grammar) was exercised
+            assert isinstance(sampler, GrammarFirstGreedy) and 0 < sampler.full_masks < sampler.steps
+        else:
+            assert not isinstance(sampler, GrammarFirstGreedy)
+        asyncio.run(backend.aclose())
+    assert answers[True] == answers[False] and all(answers[True])

@@ -52,6 +52,10 @@ class LlamaCppConfig(Strict):
     n_threads: int | None = Field(None, ge=1)  # None: llama.cpp's default
     n_gpu_layers: int = 0
     chat_format: str | None = None  # None: the template stored in the GGUF
+    # Greedy constrained decoding checks the grammar on the best token before masking the whole vocabulary:
+    # the same tokens, and the full-vocabulary mask runs only where the best token breaks the grammar (docs/knowledge.md).
+    # False: llama-cpp-python's own sampler chain.
+    grammar_first: bool = True
 
 
 class TransformersConfig(Strict):

