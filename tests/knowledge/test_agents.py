@@ -117,6 +117,46 @@ def test_garbage_forever_gives_a_failed_record_not_an_invented_one() -> None:
     assert result.accounting.items_failed == 2 and result.accounting.agents["writer"].failures == 2
 
 
+def test_a_call_that_never_got_a_usable_answer_is_stored_and_replayed_as_a_failure(tmp_path: Path) -> None:
+    srv = ScriptedServer(AgentPlayer(misbehave={"writer": ["PWNED garbage"] * 10})).start()
+    try:
+        first = run(srv, catalogue(1), tmp_path / "cache", max_attempts=3)
+        sent = len(srv.requests)
+        second = run(srv, catalogue(1), tmp_path / "cache", max_attempts=3)
+        assert len(srv.requests) == sent  # the three attempts are not spent again
+    finally:
+        srv.stop()
+    assert first.records[0].status == second.records[0].status == "failed"
+    assert "3 attempts" in second.records[0].error and "stored failure" in second.records[0].error
+    writer = second.traces[0].steps[-1]
+    assert writer.agent == "writer" and writer.cached and writer.raw == "PWNED garbage" and writer.output is None
+    assert second.accounting.agents["writer"].failures == 1 and second.accounting.agents["writer"].cache_hits == 1
+    # --regenerate (no reuse) asks the model again
+    srv = ScriptedServer(AgentPlayer()).start()
+    try:
+        backend = OpenAIHTTPBackend(http_config(srv))
+        third = generate_knowledge(catalogue(1), backend, agents_config(), DECODING, KnowledgeCache(tmp_path / "cache", reuse=False))
+    finally:
+        srv.stop()
+    assert third.records[0].status == "ok"
+
+
+def test_failures_are_not_stored_when_keep_failures_is_off_nor_transport_errors_ever(tmp_path: Path) -> None:
+    srv = ScriptedServer(AgentPlayer(misbehave={"writer": ["PWNED garbage"] * 10})).start()
+    try:
+        backend = OpenAIHTTPBackend(http_config(srv))
+        generate_knowledge(catalogue(1), backend, agents_config(max_attempts=2), DECODING, KnowledgeCache(tmp_path / "off", keep_failures=False))
+    finally:
+        srv.stop()
+    assert KnowledgeCache(tmp_path / "off").stats().by_agent.get("writer", 0) == 0
+    srv = ScriptedServer(lambda body: Reply(status=500, raw_body="down")).start()
+    try:
+        result = run(srv, catalogue(1), tmp_path / "http")
+    finally:
+        srv.stop()
+    assert result.records[0].status == "failed" and KnowledgeCache(tmp_path / "http").stats().entries == 0
+
+
 def test_http_failures_after_retries_give_a_failed_record() -> None:
     srv = ScriptedServer(lambda body: Reply(status=500, raw_body="down")).start()
     try:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from reaseq.errors import InputError
-from reaseq.knowledge.cache import KnowledgeCache, cache_key, merge_caches, request_hash
+from reaseq.knowledge.cache import KnowledgeCache, cache_key, export_pack, import_pack, merge_caches, request_hash
 
 BASE = {"item_text_hash": "h" * 8, "agent": "analyst", "prompt_version": "analyst-v1", "model_id": "m", "decoding": {"temperature": 0.0, "seed": 0}, "request": "r"}
 
@@ -65,3 +65,22 @@ def test_merge_copies_missing_and_detects_conflicts(tmp_path: Path) -> None:
     assert report.conflicts == [k2] and report.copied == 1 and KnowledgeCache(dest).get(k2)["output"] == 2
     with pytest.raises(InputError, match="not found"):
         merge_caches([tmp_path / "missing"], dest)
+
+
+def test_failure_entries_travel_through_packs_and_merges_and_conflict_with_an_output(tmp_path: Path) -> None:
+    a = KnowledgeCache(tmp_path / "a")
+    ok, failed = (cache_key(**{**BASE, "request": r}) for r in "12")
+    a.put(ok, {"agent": "analyst", "output": {"x": 1}})
+    a.put(failed, {"agent": "critic", "failure": "no valid answer after 3 attempts", "raw": "{oops"})
+    with pytest.raises(ValueError, match="'output' or a 'failure'"):
+        a.put(failed, {"agent": "critic"})
+    assert export_pack(a, tmp_path / "p.jsonl.gz") == 2
+    b = KnowledgeCache(tmp_path / "b")
+    assert import_pack(tmp_path / "p.jsonl.gz", b) == 2
+    assert b.get(failed)["failure"].startswith("no valid answer") and b.get(ok)["output"] == {"x": 1}
+    report = merge_caches([a.root], tmp_path / "b")
+    assert report.identical == 2 and report.conflicts == []
+    c = KnowledgeCache(tmp_path / "c")
+    c.put(failed, {"agent": "critic", "output": {"issues": []}})  # another machine got an answer for the same key
+    with pytest.raises(InputError, match="different output"):
+        merge_caches([c.root], tmp_path / "b")

@@ -67,6 +67,7 @@ def test_pack_then_replay_only_needs_no_model(synthetic, tmp_path: Path, server:
     pack = tmp_path / "pack.jsonl.gz"
     manifest = pack_cache(run, pack)
     assert manifest["entries"] == KnowledgeCache(run.root / "knowledge" / "cache").stats().entries
+    assert manifest["items_ok"] == n_items(run) and manifest["items_not_generated"] == 0
     assert json.loads(pack.with_name("pack.manifest.json").read_text())["sha256"] == manifest["sha256"]
     # A new run with an empty cache, seeded from the pack, replays every answer: zero requests.
     fresh = knowledge_run(synthetic, tmp_path / "fresh", server, cache={"seed_packs": [str(pack)], "replay_only": True})
@@ -88,6 +89,8 @@ def test_replay_only_records_missing_calls_as_failures(synthetic, tmp_path: Path
     assert summary["items_ok"] == 0 and all(r.status == "failed" and "planner failed" in (r.error or "") for r in records)
     planner = read_jsonl(run.root / "knowledge" / "traces.jsonl", TraceRecord)[0].steps[0]
     assert planner.agent == "planner" and "not in the knowledge cache" in (planner.error or "")
+    manifest = pack_cache(run, tmp_path / "pack.jsonl.gz")  # a pack says which items are not generated yet
+    assert manifest["items_failed"] == manifest["items_not_generated"] == len(records)
 
 
 def test_corrupt_pack_is_a_clear_error(tmp_path: Path) -> None:

@@ -29,6 +29,7 @@ class AgentStats:
         self.revisions += int(step.revision)
         if step.cached:
             self.cache_hits += 1
+            self.failures += int(step.error is not None)  # a stored failure
             return
         self.requests += step.attempts
         self.repairs += max(0, step.attempts - 1)

@@ -143,7 +143,12 @@ class KnowledgePipeline:
         step = TraceStep(agent=agent, perspective=perspective, prompt_version=template.version, cache_key=key, revision=revision)
         steps.append(step)
         if self.cache is not None and (entry := self.cache.get(key)) is not None:
-            step.cached, step.output, step.attempts = True, entry["output"], int(entry.get("attempts", 1))
+            step.cached, step.attempts = True, int(entry.get("attempts", 1))
+            if "failure" in entry:
+                step.raw = entry.get("raw")
+                step.error = f"{entry['failure']} (a stored failure: `reaseq knowledge --regenerate` asks the model again)"
+                raise StepFailed(step)
+            step.output = entry["output"]
             return entry["output"]
         if self.cache is not None and self.cache.replay_only:
             step.error = f"{NOT_CACHED}; run `reaseq knowledge` without knowledge.cache.replay_only to generate it"
@@ -179,23 +184,27 @@ class KnowledgePipeline:
                 continue
             step.output, step.raw = output, None
             if self.cache is not None:
-                self.cache.put(
-                    key,
-                    {
-                        "agent": agent,
-                        "perspective": perspective,
-                        "prompt_version": template.version,
-                        "model_id": self.backend.model_id,
-                        "item_text_hash": item_text_hash,
-                        "decoding": decoding,
-                        "output": output,
-                        "attempts": attempt,
-                        "usage": {"prompt_tokens": step.prompt_tokens, "completion_tokens": step.completion_tokens, "seconds": step.seconds},
-                    },
-                )
+                self.cache.put(key, {**self._entry_meta(step, item_text_hash, decoding), "output": output})
             return output
         step.error = f"no valid answer after {self.cfg.max_attempts} attempts; last problem: {error}"
+        if self.cache is not None and self.cache.keep_failures:
+            # The model answered every time, just not usably: asking again with the same request and decoding
+            # would spend the same attempts on the same answers.
+            self.cache.put(key, {**self._entry_meta(step, item_text_hash, decoding), "failure": step.error, "raw": step.raw})
         raise StepFailed(step)
+
+    def _entry_meta(self, step: TraceStep, item_text_hash: str, decoding: dict[str, Any]) -> dict[str, Any]:
+        """What a cache entry records besides the answer: who asked, with which prompt, model and decoding, at what cost."""
+        return {
+            "agent": step.agent,
+            "perspective": step.perspective,
+            "prompt_version": step.prompt_version,
+            "model_id": self.backend.model_id,
+            "item_text_hash": item_text_hash,
+            "decoding": decoding,
+            "attempts": step.attempts,
+            "usage": {"prompt_tokens": step.prompt_tokens, "completion_tokens": step.completion_tokens, "seconds": step.seconds},
+        }
 
     # --- planner --------------------------------------------------------------------------------
 
@@ -258,11 +267,12 @@ class KnowledgePipeline:
     def _failed(self, item: ItemInput, error: str) -> KnowledgeRecord:
         return KnowledgeRecord(item_id=item.item_id, model_id=self.backend.model_id, prompt_versions=self.versions, source="generated", status="failed", error=error)
 
-    async def generate_item(self, item: ItemInput, schema: KnowledgeSchema | None) -> tuple[KnowledgeRecord, TraceRecord]:
+    async def generate_item(self, item: ItemInput, schema: KnowledgeSchema | None, schema_error: str | None = None) -> tuple[KnowledgeRecord, TraceRecord]:
         """The record and reasoning trace of one item; failures give a failed record, never made-up text."""
         trace = TraceRecord(item_id=item.item_id, category=item.category, item_text_hash=item.text_hash)
         if schema is None:
-            return self._failed(item, f"no knowledge schema for category '{item.category}' (the planner failed; see the schema traces)"), trace
+            why = f": {schema_error}" if schema_error else ""
+            return self._failed(item, f"no knowledge schema for category '{item.category}' (the planner failed{why}; see the schema traces)"), trace
         if not item.text.strip():
             return self._failed(item, "the item has no metadata text to reason about"), trace
         branches: list[list[TraceStep]] = [[] for _ in self.cfg.perspectives]
@@ -299,6 +309,7 @@ class KnowledgePipeline:
         """Plan schemas on the whole catalogue, then generate the records of this shard's items."""
         start = time.perf_counter()
         schemas, schema_traces = await self.plan_schemas(items)
+        planner_errors = {t.category: step.error for t in schema_traces for step in t.steps if step.error}
         selected = select_shard(items, shard)
         results: list[tuple[KnowledgeRecord, TraceRecord] | None] = [None] * len(selected)
         queue: asyncio.Queue[int] = asyncio.Queue()
@@ -313,7 +324,7 @@ class KnowledgePipeline:
                 except asyncio.QueueEmpty:
                     return
                 item = selected[index]
-                results[index] = await self.generate_item(item, schemas.get(item.category))
+                results[index] = await self.generate_item(item, schemas.get(item.category), planner_errors.get(item.category))
                 bar.update(1)
 
         try:

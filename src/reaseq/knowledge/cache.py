@@ -71,15 +71,26 @@ class MergeReport:
     conflicts: list[str] = field(default_factory=list)  # keys whose outputs differ (kept from the destination)
 
 
+def _has_answer(entry: Mapping[str, Any]) -> bool:
+    return "output" in entry or isinstance(entry.get("failure"), str)
+
+
+def _answer(entry: Mapping[str, Any]) -> dict[str, Any]:
+    return {"output": entry.get("output"), "failure": entry.get("failure")}
+
+
 class KnowledgeCache:
     """Sharded folder of entries: <root>/<key[:2]>/<key[2:]>.json."""
 
-    def __init__(self, root: str | Path, reuse: bool = True, replay_only: bool = False) -> None:
+    def __init__(self, root: str | Path, reuse: bool = True, replay_only: bool = False, keep_failures: bool = True) -> None:
         if replay_only and not reuse:
             raise ValueError("a replay-only cache must reuse its entries")
         self.root = Path(root)
         self.reuse = reuse  # False: every call is recomputed and overwrites its entry (`--regenerate`)
         self.replay_only = replay_only  # True: a call that is not cached fails instead of asking the model
+        # True: a call whose every attempt got an unusable answer is stored as a `failure` entry, so a resumed run
+        # or a replay reports that failure instead of spending the attempts again (transport errors are never stored).
+        self.keep_failures = keep_failures
         self.hits = 0
         self.misses = 0
         self.writes = 0
@@ -102,18 +113,18 @@ class KnowledgeCache:
         return entry if isinstance(entry, dict) else None
 
     def get(self, key: str) -> dict[str, Any] | None:
-        """The entry stored under key, or None."""
+        """The entry stored under key (an `output`, or a `failure` message), or None."""
         entry = self._read(self.path_for(key)) if self.reuse else None
-        if entry is None or entry.get("key") != key or "output" not in entry:
+        if entry is None or entry.get("key") != key or not _has_answer(entry):
             self.misses += 1
             return None
         self.hits += 1
         return entry
 
     def put(self, key: str, entry: Mapping[str, Any]) -> None:
-        """Store an entry (must hold `output`); concurrent writers of one key leave one complete file."""
-        if "output" not in entry:
-            raise ValueError("a cache entry needs an 'output'")
+        """Store an entry (must hold `output` or `failure`); concurrent writers of one key leave one complete file."""
+        if not _has_answer(entry):
+            raise ValueError("a cache entry needs an 'output' or a 'failure'")
         # Key order is kept (not sorted): field order is meaningful, and a cached answer must replay exactly.
         write_text(self.path_for(key), json.dumps(json_safe({**entry, "key": key}), ensure_ascii=False, allow_nan=False) + "\n")
         self.writes += 1
@@ -162,7 +173,7 @@ def merge_caches(sources: Iterable[str | Path], dest: str | Path, *, on_conflict
             if existing is None:
                 plan.append((key, entry))
                 planned[key] = entry
-            elif _canonical(existing.get("output")) == _canonical(entry.get("output")):
+            elif _canonical(_answer(existing)) == _canonical(_answer(entry)):
                 report.identical += 1
             elif on_conflict == "error":
                 raise InputError(
@@ -212,8 +223,8 @@ def import_pack(path: str | Path, cache: KnowledgeCache) -> int:
         except ValueError as exc:
             raise InputError(path, f"line {number}", f"invalid JSON ({exc})", "re-create the pack with `reaseq knowledge-pack`") from None
         key = entry.get("key") if isinstance(entry, dict) else None
-        if not isinstance(key, str) or not _KEY.match(key) or "output" not in entry:
-            raise InputError(path, f"line {number}", "an entry without a valid 'key' and 'output'", "re-create the pack with `reaseq knowledge-pack`")
+        if not isinstance(key, str) or not _KEY.match(key) or not _has_answer(entry):
+            raise InputError(path, f"line {number}", "an entry without a valid 'key' and an 'output' or 'failure'", "re-create the pack with `reaseq knowledge-pack`")
         if cache._read(cache.path_for(key)) is None:
             cache.put(key, {k: v for k, v in entry.items() if k != "key"})
             added += 1

@@ -130,6 +130,7 @@ class CacheConfig(Strict):
     dir: Path | None = None  # None: <run_dir>/knowledge/cache
     seed_packs: list[str] = Field(default_factory=list)  # packs (`reaseq knowledge-pack`) copied into the cache first; "reaseq:<path>" = shipped with the package
     replay_only: bool = False  # calls missing from the cache fail (recorded as failed records) instead of running the model
+    keep_failures: bool = True  # store a call that got no usable answer in every attempt, so reruns report it without retrying
 
 
 class ImportConfig(Strict):
