@@ -127,8 +127,8 @@ def score_source(records: Sequence[KnowledgeRecord], traces: Sequence[TraceRecor
     critiqued = [trace for trace in traces if any(s.agent == "critic" for s in trace.steps)]
     revised = sum(any(s.revision for s in trace.steps) for trace in critiqued)
     confidences = [r.confidence for r in ok if r.confidence is not None]
-    # A replay-only run cannot tell an item that was never generated from one whose generation failed (failed calls
-    # are not cached): both come back "not in the cache". They are counted, and both count against coverage.
+    # Items a replay could not find: never generated, or (in caches written before failures were stored) generated
+    # and failed. They are counted, and count against coverage.
     not_in_cache = sum(r.status != "ok" and NOT_CACHED in (r.error or "") for r in by_id.values())
     return {
         "items": float(len(truth)),
