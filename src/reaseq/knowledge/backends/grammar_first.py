@@ -16,8 +16,15 @@ import numpy as np
 
 
 def _token_data_dtype(llama_cpp: Any) -> np.dtype:
-    fields = llama_cpp.llama_token_data._fields_  # id, logit, p
-    return np.dtype({"names": [f[0] for f in fields], "formats": [np.int32, np.float32, np.float32], "offsets": [getattr(llama_cpp.llama_token_data, f[0]).offset for f in fields], "itemsize": ctypes.sizeof(llama_cpp.llama_token_data)})
+    """numpy's view of llama.cpp's `llama_token_data` struct (id, logit, p), with the C layout's offsets."""
+    struct = llama_cpp.llama_token_data
+    names = [name for name, _ in struct._fields_]
+    return np.dtype({
+        "names": names,
+        "formats": [np.int32, np.float32, np.float32],
+        "offsets": [getattr(struct, name).offset for name in names],
+        "itemsize": ctypes.sizeof(struct),
+    })
 
 
 class GrammarFirstGreedy:
@@ -57,7 +64,6 @@ class GrammarFirstGreedy:
         """The next token at logits row `idx` of the context (negative counts from the end)."""
         logits = self._lib.llama_get_logits_ith(ctx.ctx, idx)
         self._all["logit"] = np.ctypeslib.as_array(logits, shape=(self._n_vocab,))
-        self._all["p"] = 0.0
         self._apply(self._penalties, self._all_array, self._n_vocab)
         token = int(np.argmax(self._all["logit"]))
         self._one[0] = self._all[token]
