@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import polars as pl
 
-from reaseq.knowledge.agents import NOT_CACHED
+from reaseq.knowledge.agents import not_generated
 from reaseq.knowledge.records import FieldValue, KnowledgeRecord, TraceRecord
 
 # Words that name each MovieLens genre in free text (lower case; matched as whole words).
@@ -129,7 +129,7 @@ def score_source(records: Sequence[KnowledgeRecord], traces: Sequence[TraceRecor
     confidences = [r.confidence for r in ok if r.confidence is not None]
     # Items a replay could not find: never generated, or (in caches written before failures were stored) generated
     # and failed. They are counted, and count against coverage.
-    not_in_cache = sum(r.status != "ok" and NOT_CACHED in (r.error or "") for r in by_id.values())
+    not_in_cache = sum(map(not_generated, by_id.values()))
     return {
         "items": float(len(truth)),
         "not_in_cache": float(not_in_cache),

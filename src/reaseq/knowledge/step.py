@@ -15,7 +15,7 @@ import polars as pl
 from reaseq.errors import InputError
 from reaseq.io import sha256_file, write_json
 from reaseq.knowledge.accounting import Accounting
-from reaseq.knowledge.agents import NOT_CACHED, generate_knowledge
+from reaseq.knowledge.agents import generate_knowledge, not_generated
 from reaseq.knowledge.cache import KnowledgeCache, export_pack, import_pack, merge_caches
 from reaseq.knowledge.config import KnowledgeConfig
 from reaseq.knowledge.importer import import_knowledge
@@ -168,7 +168,7 @@ def pack_cache(run: RunDir, out: Path) -> dict[str, Any]:
         "items_ok": sum(r.status == "ok" for r in records),
         "items_failed": sum(r.status == "failed" for r in records),
         # of those, items the run could not replay because generation has not reached them (the rest: the model failed)
-        "items_not_generated": sum(r.status == "failed" and NOT_CACHED in (r.error or "") for r in records),
+        "items_not_generated": sum(map(not_generated, records)),
         "model_ids": model_ids,
         "prompt_versions": prompt_versions(load_prompts(cfg.agents.prompts_dir)),
         "backend": cfg.backend.model_dump(mode="json"),
