@@ -72,3 +72,16 @@ def test_grammar_first_sampling_gives_the_tokens_of_llama_cpps_own_chain() -> No
             assert not isinstance(sampler, GrammarFirstGreedy)
         asyncio.run(backend.aclose())
     assert answers[True] == answers[False] and all(answers[True])
+
+
+def test_prompt_evaluation_threads_do_not_change_answers() -> None:
+    """n_threads_batch stays out of the cache key, so the thread count for prompt evaluation must not change tokens."""
+    schema = {"type": "object", "properties": {"reasoning": {"type": "string"}, "mood": {"type": "string"}}, "required": ["reasoning", "mood"]}
+    messages = [{"role": "user", "content": "Fargo (1996), Crime|Drama|Thriller. Reason step by step, then give its mood, in JSON."}]
+    answers = {}
+    for threads in (1, 2):
+        backend = LlamaCppBackend(LlamaCppConfig(n_ctx=1024, n_threads=1, n_threads_batch=threads))
+        answers[threads] = asyncio.run(backend.complete(messages, json_schema=schema, max_tokens=64, temperature=0.0, seed=0, repeat_penalty=1.15)).text
+        assert backend._llm.context_params.n_threads_batch == threads
+        asyncio.run(backend.aclose())
+    assert answers[1] == answers[2] and answers[1]

@@ -50,6 +50,9 @@ class LlamaCppConfig(Strict):
     model_id: str | None = None  # cache identity; defaults to the file name and a hash of its content
     n_ctx: int = Field(4096, ge=256)
     n_threads: int | None = Field(None, ge=1)  # None: llama.cpp's default
+    # Threads for prompt evaluation. None: llama.cpp's default (every core), which oversubscribes the cores when
+    # several one-thread shards share a machine; set it to n_threads there.
+    n_threads_batch: int | None = Field(None, ge=1)
     n_gpu_layers: int = 0
     chat_format: str | None = None  # None: the template stored in the GGUF
     # Greedy constrained decoding checks the grammar on the best token before masking the whole vocabulary:

@@ -154,6 +154,7 @@ class LlamaCppBackend:
                 model_path=str(self.path),
                 n_ctx=self.cfg.n_ctx,
                 n_threads=self.cfg.n_threads,
+                n_threads_batch=self.cfg.n_threads_batch,
                 n_gpu_layers=self.cfg.n_gpu_layers,
                 chat_format=self.cfg.chat_format,
                 verbose=False,
