@@ -45,12 +45,12 @@ from reaseq.knowledge.structured import (
 )
 
 NOT_CACHED = "not in the knowledge cache (replay-only run)"  # the error of a call a replay-only run could not replay
+log = logging.getLogger("reaseq")
 
 
 def not_generated(record: KnowledgeRecord) -> bool:
     """A failed record whose answers a replay-only run could not find: the model has not been asked yet."""
     return record.status == "failed" and NOT_CACHED in (record.error or "")
-log = logging.getLogger("reaseq")
 
 
 class StepFailed(Exception):
