@@ -28,14 +28,21 @@ from reaseq.config import parse_overrides
 from reaseq.data.dataset import load_prepared
 from reaseq.errors import ReaSeqError
 from reaseq.gbr.baselines import (
+    ease_lists,
     generate_autoregressive,
     itemknn_lists,
     popularity_lists,
+    select_ease_l2,
     train_sasrec_generator,
 )
-from reaseq.gbr.beyond_log import BeyondLogSplit, build_beyond_log, evaluate_lists
+from reaseq.gbr.beyond_log import (
+    BeyondLogSplit,
+    build_beyond_log,
+    evaluate_lists,
+    validation_split,
+)
 from reaseq.gbr.config import BeyondLogConfig, GBRConfig
-from reaseq.gbr.infer import generation_quality, quality_vs_steps
+from reaseq.gbr.infer import generation_quality, infer, quality_vs_steps
 from reaseq.gbr.train import collaborative_init, train_gbr
 from reaseq.io import sha256_text
 
@@ -54,6 +61,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--budget-s", type=float, default=180.0, help="training seconds for GBR and for SASRec each")
     parser.add_argument("--steps-grid", type=int, nargs="+", default=[1, 2, 5, 10], help="unmasking rounds for the quality-vs-steps curve")
     parser.add_argument("--sasrec-init", choices=["random", "svd"], default="random", help="SASRec item embeddings: its own random start, or GBR's SVD start")
+    parser.add_argument("--ease-l2", type=float, nargs="+", default=[100.0, 300.0, 1000.0, 3000.0, 10000.0], help="EASE l2 grid, chosen on world users held out as validation targets")
+    parser.add_argument("--valid-frac", type=float, default=0.1, help="share of all users, drawn among world users, that play targets for model selection (EASE's l2; GBR's and SASRec's round with --select recall)")
+    parser.add_argument("--select", choices=["recall", "loss"], default="recall",
+                        help="GBR's and SASRec's round: best recall@K on the world users playing targets (they then train without those users' off-platform events), or lowest held-out training loss")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--work-dir", type=Path, default=ROOT / "runs" / "bench" / "beyond_log")
     parser.add_argument("--out", type=Path, default=None)
@@ -74,10 +85,33 @@ def run_counting(name: str, data: Any, split: BeyondLogSplit, k: int) -> dict[st
     return {"metrics": {**evaluate_lists(items, split, k), **generation_quality(items, split.histories, split.allowed, data.n_items)}, "wall_s": seconds, "samples_per_s": 0.0}
 
 
-def run_gbr(data: Any, split: BeyondLogSplit, cfg: GBRConfig, k: int, steps_grid: list[int]) -> dict[str, Any]:
+Selection = tuple[Any, BeyondLogSplit] | None  # (visible corpus as data, the split of world users playing targets), or None: select on loss
+
+
+def selection_recall(generate: Any, selection: tuple[Any, BeyondLogSplit], k: int) -> float:
+    """recall@k of `generate(histories, allowed)`'s lists on the world users playing targets."""
+    _, inner = selection
+    return evaluate_lists(generate(inner.histories, inner.allowed), inner, k)[f"recall@{k}"]
+
+
+def run_ease(data: Any, split: BeyondLogSplit, protocol_cfg: BeyondLogConfig, grid: list[float], valid_frac: float) -> dict[str, Any]:
+    """EASE, a strong non-sequential reference: l2 picked on world users playing targets, then refitted on the whole visible corpus."""
+    started = time.perf_counter()
+    l2, valid_recall = select_ease_l2(data, split, protocol_cfg, grid, valid_frac)
+    items, _ = ease_lists(data, split.visible_rows, split.histories, split.allowed, protocol_cfg.k, l2)
+    metrics = {**evaluate_lists(items, split, protocol_cfg.k), **generation_quality(items, split.histories, split.allowed, data.n_items)}
+    return {"metrics": metrics, "wall_s": time.perf_counter() - started, "samples_per_s": 0.0, "l2": l2, "valid_recall": {str(k): v for k, v in valid_recall.items()}}
+
+
+def run_gbr(data: Any, split: BeyondLogSplit, cfg: GBRConfig, k: int, steps_grid: list[int], selection: Selection) -> dict[str, Any]:
     """Train GBR on the visible corpus, generate K off-platform items per target, and sweep the number of rounds."""
     started = time.perf_counter()
-    model, record = train_gbr(data, split.visible_rows, cfg, response_items=split.off_platform, eval_every=EVAL_EVERY_WINDOWS)
+    if selection is None:
+        model, record = train_gbr(data, split.visible_rows, cfg, response_items=split.off_platform, eval_every=EVAL_EVERY_WINDOWS)
+    else:
+        visible, inner = selection
+        generate = lambda m: lambda histories, allowed: infer(m, histories, k, cfg.steps, allowed, batch_size=cfg.infer_batch_size, seed=cfg.seed)[0]
+        model, record = train_gbr(visible, inner.visible_rows, cfg, response_items=inner.off_platform, eval_every=EVAL_EVERY_WINDOWS, select=lambda m: selection_recall(generate(m), selection, k))
     score = lambda items: evaluate_lists(items, split, k)
     grid = sorted(set(steps_grid) | {cfg.steps})
     curve = quality_vs_steps(model, split.histories, k, grid, score, split.allowed, remasking=cfg.remasking, temperature=cfg.temperature, batch_size=cfg.infer_batch_size, seed=cfg.seed)
@@ -85,22 +119,26 @@ def run_gbr(data: Any, split: BeyondLogSplit, cfg: GBRConfig, k: int, steps_grid
     metrics = {key: chosen[key] for key in (f"recall@{k}", f"ndcg@{k}", f"precision@{k}", "n", "validity", "duplicate_rate", "novelty", "mean_confidence")}
     return {
         "metrics": metrics, "quality_vs_steps": curve, "samples_per_s": record.tokens_per_s, "wall_s": time.perf_counter() - started,
-        "train_s": record.wall_s, "best_round": record.fit.best_epoch, "rounds_run": record.fit.epochs_run, "valid_loss": record.curves["valid_loss"],
+        "train_s": record.wall_s, "best_round": record.fit.best_epoch, "rounds_run": record.fit.epochs_run, "valid_curve": record.curves.get("valid_loss", record.curves.get("valid_score")),
         "train_tokens_per_pass": record.train_tokens, "infer_s": chosen["infer_s"],
     }
 
 
-def run_sasrec(data: Any, split: BeyondLogSplit, run_cfg: Any, gbr_cfg: GBRConfig, budget_s: float, seed: int, init: str, k: int) -> dict[str, Any]:
+def run_sasrec(data: Any, split: BeyondLogSplit, run_cfg: Any, gbr_cfg: GBRConfig, budget_s: float, seed: int, init: str, k: int, selection: Selection) -> dict[str, Any]:
     """Train SASRec on the visible corpus within the same budget and generate K items greedily, one at a time."""
     started = time.perf_counter()
     train_cfg = run_cfg.train.model_copy(update={"time_budget_s": budget_s, "epochs": gbr_cfg.epochs})
-    init_vectors = collaborative_init(data, split.visible_rows, run_cfg.model.embedding_dim, seed) if init == "svd" else None
-    generator = train_sasrec_generator(data, split.visible_rows, run_cfg.model, train_cfg, run_cfg.protocol.topk.max_len, seed, gbr_cfg.valid_user_frac, EVAL_EVERY_WINDOWS, init_vectors)
+    corpus, rows, select = data, split.visible_rows, None
+    if selection is not None:
+        corpus, rows = selection[0], selection[1].visible_rows
+        select = lambda g: selection_recall(lambda histories, allowed: generate_autoregressive(g, histories, k, allowed)[0], selection, k)
+    init_vectors = collaborative_init(corpus, rows, run_cfg.model.embedding_dim, seed) if init == "svd" else None
+    generator = train_sasrec_generator(corpus, rows, run_cfg.model, train_cfg, run_cfg.protocol.topk.max_len, seed, gbr_cfg.valid_user_frac, EVAL_EVERY_WINDOWS, init_vectors, select)
     (items, confidence), infer_s = timed(lambda: generate_autoregressive(generator, split.histories, k, split.allowed))
     metrics = {**evaluate_lists(items, split, k), **generation_quality(items, split.histories, split.allowed, data.n_items), "mean_confidence": float(confidence.mean())}
     return {
         "metrics": metrics, "samples_per_s": generator.fit.train_samples_per_s, "wall_s": time.perf_counter() - started, "train_s": generator.wall_s,
-        "best_round": generator.fit.best_epoch, "rounds_run": generator.fit.epochs_run, "valid_loss": [-v for v in generator.fit.curves["valid"]], "infer_s": infer_s,
+        "best_round": generator.fit.best_epoch, "rounds_run": generator.fit.epochs_run, "valid_curve": [v if selection else -v for v in generator.fit.curves["valid"]], "infer_s": infer_s,
     }
 
 
@@ -119,18 +157,20 @@ def main() -> None:
     split = build_beyond_log(data, protocol_cfg)
     out = args.out or RESULTS / f"{run_cfg.dataset.name}_beyond_log.json"
     # Cached rows are keyed by every setting that changes them, so a changed setting is never served stale.
-    settings = {"protocol": protocol_cfg.model_dump(), "gbr": GBRConfig.model_validate(base_gbr).model_dump(), "budget_s": args.budget_s, "steps": args.steps_grid, "sasrec_init": args.sasrec_init,
+    settings = {"protocol": protocol_cfg.model_dump(), "gbr": GBRConfig.model_validate(base_gbr).model_dump(), "budget_s": args.budget_s, "steps": args.steps_grid, "sasrec_init": args.sasrec_init, "ease_l2": args.ease_l2, "valid_frac": args.valid_frac, "select": args.select,
                 "model": run_cfg.model.model_dump(), "train": run_cfg.train.model_dump(exclude={"progress"}), "topk": run_cfg.protocol.topk.model_dump()}
     rows_dir = args.work_dir / "rows" / sha256_text(json.dumps(settings, sort_keys=True, default=str))[:12]
     print(f"{len(split.target_users)} target users, {int(split.off_platform.sum())} off-platform items, {int(split.visible_rows.sum())} visible events", file=sys.stderr)
 
-    results: dict[str, list[dict[str, Any]]] = {name: [] for name in ("gbr", "popularity", "autoregressive", "itemknn")}
+    selection = validation_split(data, split, protocol_cfg, args.valid_frac) if args.select == "recall" else None
+    results: dict[str, list[dict[str, Any]]] = {name: [] for name in ("gbr", "popularity", "autoregressive", "itemknn", "ease")}
     for name in ("popularity", "itemknn"):
         results[name].append(cached(rows_dir / f"{name}.json", partial(run_counting, name, data, split, k), args.force))
+    results["ease"].append(cached(rows_dir / "ease.json", partial(run_ease, data, split, protocol_cfg, args.ease_l2, args.valid_frac), args.force))
     for seed in args.seeds:
         gbr_cfg = GBRConfig.model_validate({**base_gbr, "seed": seed})
-        results["gbr"].append(cached(rows_dir / f"gbr_seed{seed}.json", partial(run_gbr, data, split, gbr_cfg, k, args.steps_grid), args.force))
-        results["autoregressive"].append(cached(rows_dir / f"autoregressive_seed{seed}.json", partial(run_sasrec, data, split, run_cfg, gbr_cfg, args.budget_s, seed, args.sasrec_init, k), args.force))
+        results["gbr"].append(cached(rows_dir / f"gbr_seed{seed}.json", partial(run_gbr, data, split, gbr_cfg, k, args.steps_grid, selection), args.force))
+        results["autoregressive"].append(cached(rows_dir / f"autoregressive_seed{seed}.json", partial(run_sasrec, data, split, run_cfg, gbr_cfg, args.budget_s, seed, args.sasrec_init, k, selection), args.force))
         print(f"seed {seed}: recall@{k} gbr {results['gbr'][-1]['metrics'][f'recall@{k}']:.4f}, autoregressive {results['autoregressive'][-1]['metrics'][f'recall@{k}']:.4f}", file=sys.stderr)
 
     rows = []
@@ -141,6 +181,8 @@ def main() -> None:
         if name == "gbr":
             extra["quality_vs_steps"] = per_seed[0]["quality_vs_steps"]
             extra["config"] = GBRConfig.model_validate({**base_gbr, "seed": args.seeds[0]}).model_dump()
+        if name == "ease":
+            extra = {"l2": per_seed[0]["l2"], "valid_recall": per_seed[0]["valid_recall"]}
         if name == "autoregressive":
             extra["config"] = {"model": run_cfg.model.model_dump(), "train": run_cfg.train.model_dump(exclude={"seeds", "progress"}), "max_len": run_cfg.protocol.topk.max_len, "init": args.sasrec_init}
         rows.append(make_row(name, [r["metrics"] for r in per_seed], [r["samples_per_s"] for r in per_seed], [r["wall_s"] for r in per_seed], **extra))
@@ -160,7 +202,9 @@ def main() -> None:
             f"({protocol_cfg.target_user_frac:.0%} of users, seed {protocol_cfg.seed}) keep only on-platform events visible; world users keep all. "
             f"From a target's on-platform sequence, generate {k} unseen off-platform items; recall@{k} = hits / min({k}, |hidden|), NDCG@{k} binary; "
             f"candidates = all {int(split.off_platform.sum())} off-platform items. GBR and SASRec train {args.budget_s:.0f} s each on {args.threads} thread(s), "
-            "selected on held-out users' training loss."
+            + (f"keeping the round with the best recall@{k} on {len(selection[1].target_users)} world users playing targets (their off-platform events "
+               "hidden from training too); " if selection is not None else "keeping the round with the lowest held-out users' training loss; ")
+            + f"EASE's l2 chosen from {args.ease_l2} on the same world users, then refitted on the whole visible corpus."
         ),
         "n_target_users": len(split.target_users), "n_off_platform_items": int(split.off_platform.sum()), "visible_events": int(split.visible_rows.sum()),
         "hidden_per_target": {"median": float(np.median(hidden_sizes)), "mean": float(hidden_sizes.mean())},

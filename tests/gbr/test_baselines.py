@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy import sparse
 
 from reaseq.config import ModelConfig, TrainConfig
 from reaseq.data.dataset import SequenceData
 from reaseq.gbr.baselines import (
+    ease_lists,
+    ease_weights,
     generate_autoregressive,
     itemknn_lists,
     popularity_lists,
+    select_ease_l2,
     split_users,
     top_k_admissible,
     train_sasrec_generator,
@@ -18,7 +22,11 @@ from reaseq.gbr.baselines import (
 from reaseq.gbr.beyond_log import build_beyond_log, evaluate_lists
 from reaseq.gbr.config import BeyondLogConfig
 from reaseq.gbr.infer import generation_quality, infer
-from reaseq.gbr.train import build_windows, collaborative_init, train_gbr
+from reaseq.gbr.train import (
+    build_windows,
+    collaborative_init,
+    train_gbr,
+)
 from tests.gbr.conftest import CHAIN_LEN, tiny_gbr
 
 OFF = ["Horror", "Sci-Fi"]
@@ -62,6 +70,34 @@ def test_itemknn_follows_co_occurrence(mixed_chains: SequenceData, split) -> Non
     assert evaluate_lists(items, split, K)[f"recall@{K}"] > 1.5 * evaluate_lists(popular, split, K)[f"recall@{K}"]
 
 
+def test_ease_weights_solve_the_constrained_ridge_problem() -> None:
+    matrix = sparse.random(30, 6, density=0.4, random_state=0, format="csr")
+    matrix.data[:] = 1.0
+    weights = ease_weights(matrix, l2=2.0)
+    assert np.allclose(np.diag(weights), 0.0)
+    # Each column j is the ridge regression of item j on the other items (Steck's closed form, without the constraint's multiplier).
+    dense = matrix.toarray()
+    for j in range(6):
+        others = [i for i in range(6) if i != j]
+        design = dense[:, others]
+        expected = np.linalg.solve(design.T @ design + 2.0 * np.eye(5), design.T @ dense[:, j])
+        assert np.allclose(weights[others, j], expected)
+
+
+def test_ease_follows_co_occurrence_and_its_l2_is_chosen_without_hidden_items(mixed_chains: SequenceData, split) -> None:
+    cfg = BeyondLogConfig(off_platform_genres=OFF, target_user_frac=0.3, k=K)
+    l2, recall = select_ease_l2(mixed_chains, split, cfg, [1.0, 10.0, 1e6], valid_user_frac=0.2)
+    assert set(recall) == {1.0, 10.0, 1e6} and recall[l2] == max(recall.values())
+    items, _ = ease_lists(mixed_chains, split.visible_rows, split.histories, split.allowed, K, l2)
+    assert_valid_lists(items, None, split, mixed_chains.n_items)
+    popular, _ = popularity_lists(mixed_chains, split.visible_rows, split.histories, split.allowed, K)
+    assert evaluate_lists(items, split, K)[f"recall@{K}"] > 1.5 * evaluate_lists(popular, split, K)[f"recall@{K}"]
+    # The hidden items cannot move the choice: the validation split only ever sees the visible rows.
+    changed = mixed_chains.subset(np.ones(len(mixed_chains.items), dtype=bool))
+    changed.items[~split.visible_rows] = 1 + (changed.items[~split.visible_rows] % mixed_chains.n_items)
+    assert select_ease_l2(changed, split, cfg, [1.0, 10.0, 1e6], valid_user_frac=0.2) == (l2, recall)
+
+
 def test_sasrec_generator_trains_on_the_visible_corpus_and_generates_valid_lists(mixed_chains: SequenceData, split) -> None:
     model_cfg = ModelConfig(name="sasrec", embedding_dim=16, num_layers=1, num_heads=2, dropout=0.0)
     train_cfg = TrainConfig(epochs=3, batch_size=256, lr=0.01, patience=3, num_threads=1, progress=False)
@@ -69,6 +105,14 @@ def test_sasrec_generator_trains_on_the_visible_corpus_and_generates_valid_lists
     assert generator.fit.epochs_run == 3 and generator.fit.curves["valid"][-1] > generator.fit.curves["valid"][0]
     items, confidence = generate_autoregressive(generator, split.histories, K, split.allowed)
     assert_valid_lists(items, confidence, split, mixed_chains.n_items)
+
+
+def test_sasrec_generator_can_keep_the_round_with_the_best_task_score(mixed_chains: SequenceData, split) -> None:
+    scores = iter([0.2, 0.1, 0.6])
+    model_cfg = ModelConfig(name="sasrec", embedding_dim=16, num_layers=1, num_heads=2, dropout=0.0)
+    train_cfg = TrainConfig(epochs=3, batch_size=256, lr=0.01, patience=3, num_threads=1, progress=False)
+    generator = train_sasrec_generator(mixed_chains, split.visible_rows, model_cfg, train_cfg, max_len=6, seed=0, valid_user_frac=0.1, select=lambda g: next(scores))
+    assert generator.fit.best_epoch == 2 and generator.fit.curves["valid"] == [0.2, 0.1, 0.6]
 
 
 def test_gbr_and_sasrec_hold_out_the_same_validation_users(mixed_chains: SequenceData, split) -> None:

@@ -12,6 +12,7 @@ from reaseq.gbr.beyond_log import (
     evaluate_lists,
     off_platform_items,
     set_metrics,
+    validation_split,
 )
 from reaseq.gbr.config import BeyondLogConfig
 from reaseq.gbr.train import train_gbr
@@ -96,3 +97,15 @@ def test_evaluate_lists_reports_validity_against_the_candidates(mixed_chains: Se
     result = evaluate_lists(lists, split, k=2)
     assert result["validity"] == pytest.approx(0.5)
     assert result["recall@2"] > 0
+
+
+def test_validation_split_draws_inner_targets_from_world_users_and_hides_only_theirs(mixed_chains: SequenceData) -> None:
+    cfg = BeyondLogConfig(off_platform_genres=OFF, target_user_frac=0.3)
+    split = build_beyond_log(mixed_chains, cfg)
+    visible, inner = validation_split(mixed_chains, split, cfg, valid_user_frac=0.2)
+    assert len(visible.items) == int(split.visible_rows.sum())
+    assert len(inner.target_users) == round(0.2 * mixed_chains.n_users)
+    assert np.isin(inner.target_users, split.world_users).all()
+    for user, hidden in zip(inner.target_users, inner.hidden):
+        rows = slice(visible.offsets[user], visible.offsets[user + 1])
+        assert not np.isin(hidden, visible.items[rows][inner.visible_rows[rows]]).any()

@@ -156,3 +156,17 @@ def test_popularity_bias_makes_an_untrained_model_propose_frequent_items(chains:
     assert (counts[items] > 0).all()  # never an item without training events
     plain, _ = train_gbr(chains, rows, tiny_gbr(epochs=1, lr=1e-9))
     assert float(plain.output_bias.detach().abs().max()) < 1e-6  # without the option the bias starts at zero
+
+
+def test_a_select_score_replaces_the_validation_loss_for_choosing_the_round(chains: SequenceData) -> None:
+    scores = iter([0.1, 0.7, 0.3, 0.2])
+    seen: list[MaskedDiffusionLM] = []
+
+    def select(model: MaskedDiffusionLM) -> float:
+        seen.append(model)
+        assert not model.training  # scored like a validation pass
+        return next(scores)
+
+    model, record = train_gbr(chains, np.ones(len(chains.items), dtype=bool), tiny_gbr(epochs=4, patience=4), select=select)
+    assert len(seen) == 4 and all(m is model for m in seen)
+    assert record.fit.best_epoch == 1 and record.curves["valid_score"] == [0.1, 0.7, 0.3, 0.2] and "valid_loss" not in record.curves

@@ -1,9 +1,9 @@
-"""Generators GBR is measured against: popularity, item-kNN and an autoregressive SASRec, on the same visible corpus."""
+"""Generators GBR is measured against: popularity, item-kNN, EASE and an autoregressive SASRec, on the same visible corpus."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,6 +21,8 @@ from reaseq.config import (
 )
 from reaseq.data.dataset import SequenceData
 from reaseq.data.protocols import TopKSplit
+from reaseq.gbr.beyond_log import BeyondLogSplit, evaluate_lists, validation_split
+from reaseq.gbr.config import BeyondLogConfig
 from reaseq.gbr.infer import forbidden_items
 from reaseq.gbr.model import map_embeddings
 from reaseq.gbr.train import MIN_WINDOW, check_rows, interaction_matrix
@@ -57,6 +59,36 @@ def itemknn_lists(data: SequenceData, visible_rows: np.ndarray, histories: Seque
     scores = np.asarray((history @ similarity).todense())
     forbid = forbidden_items(histories, data.n_items, allowed, exclude_seen=True).numpy()
     return top_k_admissible(scores, forbid, k)
+
+
+def ease_weights(matrix: sparse.csr_matrix, l2: float) -> np.ndarray:
+    """EASE (Steck, 2019): the closed-form item-item weights [V, V] of a binary user x item matrix, zero diagonal."""
+    gram = (matrix.T @ matrix).toarray()
+    gram[np.diag_indices_from(gram)] += l2
+    precision = np.linalg.inv(gram)
+    weights = precision / -np.diag(precision)
+    np.fill_diagonal(weights, 0.0)
+    return weights
+
+
+def ease_lists(data: SequenceData, visible_rows: np.ndarray, histories: Sequence[np.ndarray], allowed: np.ndarray | None, k: int, l2: float) -> tuple[np.ndarray, np.ndarray]:
+    """EASE fitted on the visible corpus; score = the history's row of the item-item weights."""
+    weights = ease_weights(interaction_matrix(data, np.flatnonzero(check_rows(data, visible_rows))), l2)
+    scores = np.zeros((len(histories), data.n_items + 1))
+    for row, history in enumerate(histories):
+        scores[row] = weights[np.unique(np.asarray(history, np.int64))].sum(axis=0)
+    forbid = forbidden_items(histories, data.n_items, allowed, exclude_seen=True).numpy()
+    return top_k_admissible(scores, forbid, k)
+
+
+def select_ease_l2(data: SequenceData, split: BeyondLogSplit, cfg: BeyondLogConfig, grid: Sequence[float], valid_user_frac: float) -> tuple[float, dict[float, float]]:
+    """The EASE l2 with the best recall@k on a validation split of world users (beyond_log.validation_split); (best, recall per l2)."""
+    visible, inner = validation_split(data, split, cfg, valid_user_frac)
+    recall = {}
+    for l2 in grid:
+        items, _ = ease_lists(visible, inner.visible_rows, inner.histories, inner.allowed, cfg.k, l2)
+        recall[float(l2)] = evaluate_lists(items, inner, cfg.k)[f"recall@{cfg.k}"]
+    return max(recall, key=lambda l2: recall[l2]), recall
 
 
 @dataclass
@@ -104,11 +136,13 @@ def sasrec_valid_loss(model: SASRec, split: TopKSplit, windows: tuple[np.ndarray
 def train_sasrec_generator(
     data: SequenceData, visible_rows: np.ndarray, model_cfg: ModelConfig, train_cfg: TrainConfig, max_len: int,
     seed: int, valid_user_frac: float, eval_every: int | None = None, init_embeddings: np.ndarray | None = None,
+    select: Callable[[SASRecGenerator], float] | None = None,
 ) -> SASRecGenerator:
-    """Train SASRec (rank.topk's epoch) on the visible corpus; select the round with the lowest held-out next-item loss.
+    """Train SASRec (rank.topk's epoch) on the visible corpus; keep the round with the lowest held-out next-item loss.
 
     `init_embeddings` [n_items + 1, d] warm-start the item embeddings through gbr.model.map_embeddings,
-    so the generator can start from the same vectors as GBR.
+    so the generator can start from the same vectors as GBR. `select` scores the generator after each round
+    (higher is better; e.g. a task metric on held-out users) in place of minus that loss.
     """
     started = time.perf_counter()
     if train_cfg.num_threads:
@@ -137,7 +171,14 @@ def train_sasrec_generator(
         return sasrec_epoch(net, train_split, (train_windows[0][idx], train_windows[1][idx]), optimizer, run_cfg, generator, epoch)
 
     batch_windows = max(1, train_cfg.eval_batch_size // max_len)
-    result = fit(net, train_round, lambda: -sasrec_valid_loss(net, valid_split, valid_windows, max_len, batch_windows), run_cfg.train)
+    generator_so_far = SASRecGenerator(net, max_len, FitResult(), 0.0)
+
+    def validate() -> float:
+        if select is not None:
+            return select(generator_so_far)
+        return -sasrec_valid_loss(net, valid_split, valid_windows, max_len, batch_windows)
+
+    result = fit(net, train_round, validate, run_cfg.train)
     return SASRecGenerator(net, max_len, result, time.perf_counter() - started)
 
 

@@ -75,6 +75,17 @@ def build_beyond_log(data: SequenceData, cfg: BeyondLogConfig) -> BeyondLogSplit
     return BeyondLogSplit(off, target, np.flatnonzero(~is_target).astype(np.int64), visible, histories, hidden)
 
 
+def validation_split(data: SequenceData, split: BeyondLogSplit, cfg: BeyondLogConfig, valid_user_frac: float) -> tuple[SequenceData, BeyondLogSplit]:
+    """A beyond-log split inside the visible corpus, some world users playing targets: settings chosen on it never see a hidden item.
+
+    Returns the visible corpus as data of its own (row masks of the inner split index into it) and the inner split.
+    Real target users have no visible off-platform event, so they can never be drawn as inner targets.
+    """
+    visible = data.subset(split.visible_rows)
+    inner = cfg.model_copy(update={"target_user_frac": valid_user_frac, "seed": cfg.seed + 1})
+    return visible, build_beyond_log(visible, inner)
+
+
 def set_metrics(recommended: np.ndarray, relevant: Sequence[np.ndarray], k: int) -> dict[str, float]:
     """recall@k = hits / min(k, |relevant|) and NDCG@k with binary gains, averaged over users (all relevant items count)."""
     recommended = np.asarray(recommended)[:, :k]

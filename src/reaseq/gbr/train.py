@@ -204,13 +204,16 @@ def train_gbr(
     response_items: np.ndarray | None = None,
     eval_every: int | None = None,
     checkpoint: Path | None = None,
+    select: Callable[[MaskedDiffusionLM], float] | None = None,
 ) -> tuple[MaskedDiffusionLM, GBRTrainResult]:
     """Fit GBR on the rows allowed by `train_rows`; keep the round with the lowest validation loss.
 
     Token embeddings start from `init_embeddings` (e.g. RER's aligned vectors) or, without them, from
     cfg.init. `response_items` (bool [n_items + 1]) names the items that prompt/response rows put in
     the response (see prompt_response); `eval_every` windows make a training round between validations
-    (default: one full pass), so a time budget is honoured at a finer grain than an epoch.
+    (default: one full pass), so a time budget is honoured at a finer grain than an epoch. `select` scores the
+    model after each round (higher is better; e.g. a task metric on held-out users) in place of minus the
+    validation users' loss.
     """
     started = time.perf_counter()
     if cfg.num_threads:
@@ -252,6 +255,8 @@ def train_gbr(
         return distributed.all_reduce_mean(total / max(batches, 1), ctx), int(distributed.all_reduce_sum(tokens_seen, ctx))
 
     def validate() -> float:
+        if select is not None:
+            return distributed.all_reduce_mean(select(model), ctx)
         # Every rank scores all validation windows; the mean keeps early stopping bit-identical across ranks.
         return -distributed.all_reduce_mean(validation_loss(model, windows, cfg, response), ctx)
 
@@ -260,12 +265,12 @@ def train_gbr(
     record = GBRTrainResult(
         fit=result, train_windows=len(train_idx), valid_windows=int(windows.is_valid.sum()),
         train_tokens=int((windows.end - windows.start)[~windows.is_valid].sum()), wall_s=time.perf_counter() - started,
-        curves={"train_loss": result.curves["train_loss"], "valid_loss": [-v for v in result.curves["valid"]]},
+        curves={"train_loss": result.curves["train_loss"], **({"valid_loss": [-v for v in result.curves["valid"]]} if select is None else {"valid_score": result.curves["valid"]})},
     )
     model.cpu()  # inference and the saved weights live on CPU
     if checkpoint is not None and ctx.is_main:
         save_gbr(model, cfg, checkpoint)
-    log.info("gbr: best round %d of %d, valid loss %.4f, %.0f tokens/s", result.best_epoch, result.epochs_run, -result.best_valid, record.tokens_per_s)
+    log.info("gbr: best round %d of %d, valid %s %.4f, %.0f tokens/s", result.best_epoch, result.epochs_run, "loss" if select is None else "score", -result.best_valid if select is None else result.best_valid, record.tokens_per_s)
     return model, record
 
 
