@@ -96,6 +96,10 @@ class ModelConfig(Strict):
     # "aligned": also add the raw text vectors through a trainable linear map (as `din_text` does), outside the gate,
     # so an item's text informs its vector end to end, a cold item's too
     text_residual: bool = False
+    # "aligned": weight of an extra training loss that pulls each item's knowledge vector towards its ID embedding
+    # (held fixed in that loss; relative squared error weighted by the popularity gate), so that a cold item's
+    # knowledge-only vector lands where the ranker's ID embeddings live instead of at a scale it never saw
+    id_regression: float = Field(0.0, ge=0.0)
     knowledge_tables: Path | None = None  # the embed step's tables (knowledge.npz); the pipeline sets it
     # GBR in the ranker (DIN): a second target attention over the user's inferred behaviours, beside the real
     # sequence; each inferred item carries a source flag and its confidence. Needs the gbr step's table.

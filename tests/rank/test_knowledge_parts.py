@@ -12,8 +12,8 @@ from torch import nn
 from reaseq.config import ModelConfig, RunConfig
 from reaseq.data.dataset import SequenceData
 from reaseq.data.protocols import build_ctr_samples
-from reaseq.rank.ctr import run_ctr
 from reaseq.errors import ConfigError
+from reaseq.rank.ctr import run_ctr
 from reaseq.rank.models.din import build_din
 from reaseq.rank.models.item_encoder import ItemEncoder, build_item_encoder
 from reaseq.rank.models.knowledge_parts import (
@@ -163,6 +163,48 @@ def test_id_dropout_makes_items_with_knowledge_knowledge_only_in_training_only()
     assert not torch.allclose(mixed, dropped)  # in eval the popularity gate mixes the ID part back in
     torch.testing.assert_close(kept, encoder.parts["id"](no_knowledge).detach())  # nothing to fall back on: never dropped
     assert build_din(data, cfg(knowledge="text", id_dropout=0.5), tables).item_encoder.id_dropout == 0.0  # only the gated part
+
+
+def test_id_regression_pulls_trained_items_knowledge_vectors_towards_their_fixed_id_embeddings() -> None:
+    data, tables = tiny_data(), make_tables()
+    encoder = build_din(data, cfg(knowledge="aligned", use_item_features=False, id_regression=2.0), tables).item_encoder
+    items = torch.arange(1, N_ITEMS + 1)
+    encoder.eval()
+    encoder(items)
+    assert encoder.take_auxiliary_loss() is None  # evaluation leaves no loss behind
+    encoder.train()
+    encoder(items)
+    # Weighted by the gate: cold items' ID embeddings are untrained (gate 0); items without knowledge have no vector.
+    weight = torch.from_numpy(tables.gate[1:]).float() * torch.tensor([i not in NO_KNOWLEDGE for i in range(1, N_ITEMS + 1)])
+    assert (weight[[c - 1 for c in COLD]] == 0).all()
+    ids, vectors = encoder.parts["id"](items).detach(), encoder.parts[KNOWLEDGE_PART](items)
+    expected = (weight[:, None] * (vectors - ids).pow(2)).sum() / (weight[:, None] * ids.pow(2)).sum()
+    torch.testing.assert_close(encoder.take_auxiliary_loss(), 2.0 * expected)
+    assert encoder.take_auxiliary_loss() is None  # taken once
+    ids_before = encoder.parts["id"].embedding.weight.detach().clone()
+    optimiser = torch.optim.Adam(encoder.parameters(), lr=0.05)
+    losses = []
+    for _ in range(60):
+        encoder(items)
+        loss = encoder.take_auxiliary_loss()
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.2 * losses[0]
+    torch.testing.assert_close(encoder.parts["id"].embedding.weight, ids_before)  # the ID side is a target, never moved by it
+    assert build_din(data, cfg(knowledge="text", id_regression=1.0), tables).item_encoder.id_regression == 0.0  # only the gated part
+
+
+def test_run_ctr_adds_the_id_regression_loss_to_training(prepared, run_config: RunConfig) -> None:
+    data = prepared().data
+    samples = build_ctr_samples(data, run_config.protocol.ctr)
+    runs = {}
+    for weight in (0.0, 5.0):
+        model_cfg = run_config.model.model_copy(update={"knowledge": "aligned", "id_regression": weight})
+        runs[weight] = run_ctr(data, samples, run_config.model_copy(update={"model": model_cfg}), seed=0, tables=make_tables(n_items=data.n_items))
+    # The reported training loss includes the extra term, so it is larger with it on the same samples and seed.
+    assert runs[5.0]["curves"]["train_loss"][0] > runs[0.0]["curves"]["train_loss"][0]
 
 
 def test_fine_tuned_projection_starts_at_the_aligned_vectors_and_trains_a_copy() -> None:

@@ -17,8 +17,8 @@ from reaseq.config import RunConfig
 from reaseq.data.batches import CTRBatcher, history_lengths, item_train_counts
 from reaseq.data.dataset import SequenceData
 from reaseq.data.protocols import TEST, TRAIN, VALID, CTRSamples
-from reaseq.evaluate.metrics import ctr_metrics
 from reaseq.errors import ConfigError
+from reaseq.evaluate.metrics import ctr_metrics
 from reaseq.evaluate.slices import ctr_slices
 from reaseq.gbr.augment import InferredBehaviours, load_inferred
 from reaseq.rank import distributed
@@ -58,6 +58,12 @@ def ctr_report(data: SequenceData, samples: CTRSamples, probs: np.ndarray, item_
     }
 
 
+def take_auxiliary_loss(model: nn.Module) -> torch.Tensor | None:
+    """The sum of the extra losses the model's modules collected in the last forward (e.g. model.id_regression), or None."""
+    losses = [loss for module in model.modules() if hasattr(module, "take_auxiliary_loss") and (loss := module.take_auxiliary_loss()) is not None]
+    return torch.stack(losses).sum() if losses else None
+
+
 def train_ctr_epoch(model: nn.Module, batcher: CTRBatcher, samples: CTRSamples, optimizer: torch.optim.Optimizer, cfg: RunConfig, generator: torch.Generator, epoch: int, ctx: distributed.DistContext = distributed.SINGLE) -> tuple[float, int]:
     """One pass over the training samples (this rank's share under DDP); returns (mean loss over ranks, samples seen by all)."""
     loss_fn = nn.BCEWithLogitsLoss()
@@ -69,6 +75,9 @@ def train_ctr_epoch(model: nn.Module, batcher: CTRBatcher, samples: CTRSamples, 
     progress = tqdm(batcher.iterate(samples, batch_size, shuffle=True, generator=generator, part=ctx.part), total=n_batches, desc=f"epoch {epoch}", disable=not cfg.train.progress, leave=False)
     for batch in progress:
         loss = loss_fn(model(batch), batch["label"])
+        extra = take_auxiliary_loss(model)
+        if extra is not None:
+            loss = loss + extra
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

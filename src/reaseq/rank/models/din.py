@@ -101,7 +101,7 @@ def build_din(data: SequenceData, cfg: ModelConfig, tables: KnowledgeTables | No
     """
     extra = build_knowledge_parts(cfg, tables, data.n_items, cfg.embedding_dim)
     gated = KNOWLEDGE_PART if isinstance(extra.get(KNOWLEDGE_PART), AlignedKnowledgePart) else None
-    encoder = build_item_encoder(data, cfg.embedding_dim, cfg.use_item_features, cfg.item_fusion, extra, gated, cfg.id_dropout if gated else 0.0)
+    encoder = build_item_encoder(data, cfg.embedding_dim, cfg.use_item_features, cfg.item_fusion, extra, gated, cfg.id_dropout if gated else 0.0, cfg.id_regression if gated else 0.0)
     use_users = cfg.use_user_features and data.user_features.shape[1] > 0
     sizes = data.user_feature_sizes if use_users else []
     return DIN(encoder, data.n_actions, torch.from_numpy(data.user_features), sizes, cfg)

@@ -18,6 +18,20 @@ def per_unique(items: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor]) 
     return fn(unique).index_select(0, inverse.reshape(-1)).view(*items.shape, -1)
 
 
+def id_regression_loss(id_vectors: torch.Tensor, knowledge_vectors: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Weighted relative squared error sum w ||k - id||^2 / sum w ||id||^2, the ID side held fixed; 0 when no row has weight.
+
+    Relative, so that its scale does not depend on the scale the ID embeddings train to. The weight is the popularity
+    gate: an ID embedding is trusted as a target as far as training evidence backs it, and a cold item (gate 0) not at all.
+    """
+    target = id_vectors.detach()  # [..., D]
+    weight = weight.unsqueeze(-1)  # [..., 1]
+    norm = (weight * target.pow(2)).sum()
+    if norm <= 0:
+        return knowledge_vectors.sum() * 0.0  # keeps the graph (and DDP's view of used parameters) the same
+    return (weight * (knowledge_vectors - target).pow(2)).sum() / norm
+
+
 class IdPart(nn.Module):
     """A learned embedding per item id (0 = padding)."""
 
@@ -73,9 +87,12 @@ class ItemEncoder(nn.Module):
     `id_dropout`: in training, that share of the items with knowledge get gate 0 too (each call draws per id it is
     given; `lookup` gives each distinct id once), so that knowledge-only vectors are not new to the layers above
     when a cold item arrives.
+    `id_regression`: in training, the gated part's vectors of the items with knowledge are also regressed on their ID
+    embeddings, weighted by the gate (a loss collected with `take_auxiliary_loss`), so that the vector a cold item
+    gets from its knowledge alone resembles an ID embedding.
     """
 
-    def __init__(self, parts: dict[str, nn.Module], fusion: str = "sum", gated: str | None = None, id_dropout: float = 0.0) -> None:
+    def __init__(self, parts: dict[str, nn.Module], fusion: str = "sum", gated: str | None = None, id_dropout: float = 0.0, id_regression: float = 0.0) -> None:
         super().__init__()
         if gated is not None and ("id" not in parts or gated not in parts or not hasattr(parts[gated], "gate_of")):
             raise ValueError(f"gated fusion needs an 'id' part and a part '{gated}' with a gate_of method, got {list(parts)}")
@@ -83,6 +100,8 @@ class ItemEncoder(nn.Module):
         self.fusion = fusion
         self.gated = gated
         self.id_dropout = id_dropout
+        self.id_regression = id_regression
+        self._auxiliary: torch.Tensor | None = None
         self.dedupe_lookups = True  # False: encode every slot (the slower path; benchmarks/train_speed.py compares them)
         blocks = [name for name in parts if name != gated]  # the gated pair takes the ID part's place
         dims = [parts[name].out_dim for name in blocks]
@@ -102,14 +121,25 @@ class ItemEncoder(nn.Module):
             if name == "id" and self.gated is not None:
                 knowledge = self.parts[self.gated]
                 gate = knowledge.gate_of(items)  # [...]
+                knowledge_vector = knowledge(items)  # [..., D]
+                if self.training and self.id_regression > 0:
+                    self._add_auxiliary(self.id_regression * id_regression_loss(vector, knowledge_vector, gate * (knowledge.has_knowledge[items] & (items > 0))))
                 if self.training and self.id_dropout > 0:
                     dropped = (torch.rand(items.shape, device=items.device) < self.id_dropout) & knowledge.has_knowledge[items]
                     gate = gate.masked_fill(dropped, 0.0)
                 gate = gate.unsqueeze(-1)  # [..., 1]
-                vector = gate * vector + (1 - gate) * knowledge(items)
+                vector = gate * vector + (1 - gate) * knowledge_vector
             vectors.append(vector)
         out = torch.stack(vectors).sum(0) if self.fusion == "sum" else torch.cat(vectors, dim=-1)
         return out * (items > 0).unsqueeze(-1)
+
+    def _add_auxiliary(self, loss: torch.Tensor) -> None:
+        self._auxiliary = loss if self._auxiliary is None else self._auxiliary + loss
+
+    def take_auxiliary_loss(self) -> torch.Tensor | None:
+        """The extra training loss the forward passes since the last call left (None without one), and forget it."""
+        loss, self._auxiliary = self._auxiliary, None
+        return loss
 
     def lookup(self, *ids: torch.Tensor) -> list[torch.Tensor]:
         """The vectors of several id tensors at once, each distinct item encoded once: [...] -> [..., out_dim] each.
@@ -126,7 +156,7 @@ class ItemEncoder(nn.Module):
 
 
 def build_item_encoder(data: SequenceData, dim: int, use_item_features: bool, fusion: str = "sum",
-                       extra: dict[str, nn.Module] | None = None, gated: str | None = None, id_dropout: float = 0.0) -> ItemEncoder:
+                       extra: dict[str, nn.Module] | None = None, gated: str | None = None, id_dropout: float = 0.0, id_regression: float = 0.0) -> ItemEncoder:
     """ID embedding plus, when enabled and present in the data, genre and year embeddings, plus `extra` parts (RER).
 
     `gated` names the extra part mixed with the ID part by its popularity gate (see ItemEncoder).
@@ -137,4 +167,4 @@ def build_item_encoder(data: SequenceData, dim: int, use_item_features: bool, fu
     if use_item_features and data.n_years:
         parts["year"] = YearPart(torch.from_numpy(data.item_year), data.n_years, dim)
     parts.update(extra or {})
-    return ItemEncoder(parts, fusion, gated, id_dropout)
+    return ItemEncoder(parts, fusion, gated, id_dropout, id_regression)
