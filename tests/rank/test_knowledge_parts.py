@@ -15,7 +15,11 @@ from reaseq.data.protocols import build_ctr_samples
 from reaseq.errors import ConfigError
 from reaseq.rank.ctr import run_ctr
 from reaseq.rank.models.din import build_din
-from reaseq.rank.models.item_encoder import ItemEncoder, build_item_encoder
+from reaseq.rank.models.item_encoder import (
+    ItemEncoder,
+    build_item_encoder,
+    id_regression_loss,
+)
 from reaseq.rank.models.knowledge_parts import (
     KNOWLEDGE_PART,
     SEMANTIC_ID_PART,
@@ -194,6 +198,12 @@ def test_id_regression_pulls_trained_items_knowledge_vectors_towards_their_fixed
     assert losses[-1] < 0.2 * losses[0]
     torch.testing.assert_close(encoder.parts["id"].embedding.weight, ids_before)  # the ID side is a target, never moved by it
     assert build_din(data, cfg(knowledge="text", id_regression=1.0), tables).item_encoder.id_regression == 0.0  # only the gated part
+
+
+def test_id_regression_loss_is_zero_without_weight_and_keeps_the_graph() -> None:
+    knowledge = torch.randn(3, DIM, requires_grad=True)
+    loss = id_regression_loss(torch.randn(3, DIM), knowledge, torch.zeros(3))
+    assert loss.item() == 0.0 and loss.requires_grad
 
 
 def test_run_ctr_adds_the_id_regression_loss_to_training(prepared, run_config: RunConfig) -> None:

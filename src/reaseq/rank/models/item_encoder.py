@@ -27,9 +27,8 @@ def id_regression_loss(id_vectors: torch.Tensor, knowledge_vectors: torch.Tensor
     target = id_vectors.detach()  # [..., D]
     weight = weight.unsqueeze(-1)  # [..., 1]
     norm = (weight * target.pow(2)).sum()
-    if norm <= 0:
-        return knowledge_vectors.sum() * 0.0  # keeps the graph (and DDP's view of used parameters) the same
-    return (weight * (knowledge_vectors - target).pow(2)).sum() / norm
+    # No branch on the value (no device sync): with no weight the numerator is 0 as well, so the loss is 0.
+    return (weight * (knowledge_vectors - target).pow(2)).sum() / norm.clamp(min=torch.finfo(norm.dtype).tiny)
 
 
 class IdPart(nn.Module):
