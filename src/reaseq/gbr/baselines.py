@@ -48,15 +48,18 @@ def popularity_lists(data: SequenceData, visible_rows: np.ndarray, histories: Se
     return top_k_admissible(np.broadcast_to(counts, forbid.shape), forbid, k)
 
 
+def history_matrix(histories: Sequence[np.ndarray], n_items: int) -> sparse.csr_matrix:
+    """Users' histories as a sparse count matrix [U, n_items + 1] (an item twice in a history counts 2)."""
+    lengths = [len(h) for h in histories]
+    items = np.concatenate([np.asarray(h, np.int64) for h in histories]) if histories else np.zeros(0, np.int64)
+    return sparse.csr_matrix((np.ones(len(items)), (np.repeat(np.arange(len(histories)), lengths), items)), shape=(len(histories), n_items + 1))
+
+
 def itemknn_lists(data: SequenceData, visible_rows: np.ndarray, histories: Sequence[np.ndarray], allowed: np.ndarray | None, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Item-kNN: score = sum of cosine co-occurrence similarities (visible corpus) to the user's history items."""
     matrix = interaction_matrix(data, np.flatnonzero(check_rows(data, visible_rows)))
     similarity = cosine_similarity(matrix.T.tocsr(), dense_output=False)  # [V, V] sparse
-    history = sparse.csr_matrix(
-        (np.ones(sum(len(h) for h in histories)), (np.repeat(np.arange(len(histories)), [len(h) for h in histories]), np.concatenate([np.asarray(h, np.int64) for h in histories]) if histories else [])),
-        shape=(len(histories), data.n_items + 1),
-    )
-    scores = np.asarray((history @ similarity).todense())
+    scores = np.asarray((history_matrix(histories, data.n_items) @ similarity).todense())
     forbid = forbidden_items(histories, data.n_items, allowed, exclude_seen=True).numpy()
     return top_k_admissible(scores, forbid, k)
 
@@ -74,9 +77,7 @@ def ease_weights(matrix: sparse.csr_matrix, l2: float) -> np.ndarray:
 def ease_lists(data: SequenceData, visible_rows: np.ndarray, histories: Sequence[np.ndarray], allowed: np.ndarray | None, k: int, l2: float) -> tuple[np.ndarray, np.ndarray]:
     """EASE fitted on the visible corpus; score = the history's row of the item-item weights."""
     weights = ease_weights(interaction_matrix(data, np.flatnonzero(check_rows(data, visible_rows))), l2)
-    scores = np.zeros((len(histories), data.n_items + 1))
-    for row, history in enumerate(histories):
-        scores[row] = weights[np.unique(np.asarray(history, np.int64))].sum(axis=0)
+    scores = history_matrix(histories, data.n_items).sign() @ weights  # each history item once
     forbid = forbidden_items(histories, data.n_items, allowed, exclude_seen=True).numpy()
     return top_k_admissible(scores, forbid, k)
 
