@@ -127,6 +127,7 @@ def test_a_call_that_never_got_a_usable_answer_is_stored_and_replayed_as_a_failu
     finally:
         srv.stop()
     assert first.records[0].status == second.records[0].status == "failed"
+    assert second.records == first.records  # the replayed failure is the record first written, word for word
     assert "3 attempts" in second.records[0].error and "stored failure" in second.records[0].error
     writer = second.traces[0].steps[-1]
     assert writer.agent == "writer" and writer.cached and writer.raw == "PWNED garbage" and writer.output is None

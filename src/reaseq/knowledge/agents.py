@@ -45,6 +45,9 @@ from reaseq.knowledge.structured import (
 )
 
 NOT_CACHED = "not in the knowledge cache (replay-only run)"  # the error of a call a replay-only run could not replay
+# Part of a stored failure's message, so the first run's record and every replay of it read the same.
+STORED_FAILURE_HINT = " (a stored failure: `reaseq knowledge --regenerate` asks the model again)"
+
 log = logging.getLogger("reaseq")
 
 
@@ -151,7 +154,7 @@ class KnowledgePipeline:
             step.cached, step.attempts = True, int(entry.get("attempts", 1))
             if "failure" in entry:
                 step.raw = entry.get("raw")
-                step.error = f"{entry['failure']} (a stored failure: `reaseq knowledge --regenerate` asks the model again)"
+                step.error = entry["failure"]  # verbatim, so a replayed record equals the one first written
                 raise StepFailed(step)
             step.output = entry["output"]
             return entry["output"]
@@ -195,6 +198,7 @@ class KnowledgePipeline:
         if self.cache is not None and self.cache.keep_failures:
             # The model answered every time, just not usably: asking again with the same request and decoding
             # would spend the same attempts on the same answers.
+            step.error += STORED_FAILURE_HINT
             self.cache.put(key, {**self._entry_meta(step, item_text_hash, decoding), "failure": step.error, "raw": step.raw})
         raise StepFailed(step)
 
