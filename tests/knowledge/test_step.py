@@ -19,7 +19,7 @@ from reaseq.knowledge.records import KnowledgeRecord, TraceRecord, read_jsonl
 from reaseq.knowledge.step import merge_shards, output_dir, pack_cache, records_path, resolve_pack, run_knowledge
 from reaseq.runs import RunDir
 from tests.conftest import tiny_overrides
-from tests.knowledge.scripted_server import AgentPlayer, ScriptedServer
+from tests.knowledge.scripted_server import AgentPlayer, ScriptedServer, agent_of, title_of
 
 
 def knowledge_run(synthetic, tmp_path: Path, server: ScriptedServer, **knowledge: object) -> RunDir:
@@ -59,6 +59,21 @@ def test_shards_cover_the_catalogue_and_merge(synthetic, tmp_path: Path, server:
     assert [r.item_id for r in merged] == sorted(r.item_id for r in merged) and len(merged) == n_items(run)
     with pytest.raises(InputError, match="no knowledge records"):
         merge_shards(run, [tmp_path / "nowhere"])
+
+
+def test_popularity_order_generates_the_most_interacted_items_first(synthetic, tmp_path: Path, server: ScriptedServer) -> None:
+    run = knowledge_run(synthetic, tmp_path, server)
+    tree = run.config.model_dump(mode="json")
+    tree["knowledge"]["agents"].update(order="popularity", item_concurrency=1)
+    run = RunDir(run.root, RunConfig.model_validate(tree))
+    items = pl.read_parquet(run.root / "data" / "items.parquet")
+    counts = pl.read_parquet(run.root / "data" / "interactions.parquet").group_by("item_idx").len()
+    by_count = items.join(counts, on="item_idx", how="left").fill_null(0).sort(["len", "item_idx"], descending=[True, False])
+    run_knowledge(run)
+    analysed = [title_of(body) for body in server.requests if agent_of(body) == "analyst" and title_of(body) != "?"]
+    assert list(dict.fromkeys(analysed)) == by_count["title"].to_list()  # one item at a time, most interactions first
+    records = read_jsonl(records_path(run), KnowledgeRecord)
+    assert [r.item_id for r in records] == items["item_id"].cast(pl.String).to_list()  # records stay in catalogue order
 
 
 def test_pack_then_replay_only_needs_no_model(synthetic, tmp_path: Path, server: ScriptedServer) -> None:

@@ -6,8 +6,9 @@ import asyncio
 import hashlib
 import json
 import logging
+import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from statistics import fmean
@@ -314,15 +315,22 @@ class KnowledgePipeline:
 
     # --- whole catalogue ------------------------------------------------------------------------
 
-    async def run(self, items: Sequence[ItemInput], *, shard: str | None = None) -> GenerationResult:
-        """Plan schemas on the whole catalogue, then generate the records of this shard's items."""
+    async def run(self, items: Sequence[ItemInput], *, shard: str | None = None, priority: Mapping[str, float] | None = None) -> GenerationResult:
+        """Plan schemas on the whole catalogue, then generate the records of this shard's items.
+
+        With `priority` (item id -> score) items start in descending score (ties and unscored items in catalogue
+        order, unscored last); the records are returned in catalogue order either way.
+        """
         start = time.perf_counter()
         schemas, schema_traces = await self.plan_schemas(items)
         planner_errors = {t.category: step.error for t in schema_traces for step in t.steps if step.error}
         selected = select_shard(items, shard)
         results: list[tuple[KnowledgeRecord, TraceRecord] | None] = [None] * len(selected)
         queue: asyncio.Queue[int] = asyncio.Queue()
-        for index in range(len(selected)):
+        order = list(range(len(selected)))
+        if priority is not None:
+            order = sorted(order, key=lambda i: -priority.get(selected[i].item_id, -math.inf))
+        for index in order:
             queue.put_nowait(index)
         bar = tqdm(total=len(selected), desc="knowledge", unit="item", disable=not self.cfg.progress)
 
@@ -359,12 +367,13 @@ def generate_knowledge(
     decoding: DecodingConfig,
     cache: KnowledgeCache | None = None,
     shard: str | None = None,
+    priority: Mapping[str, float] | None = None,
 ) -> GenerationResult:
     """Synchronous entry point: run the pipeline in a fresh event loop and close the backend after."""
 
     async def _main() -> GenerationResult:
         try:
-            return await KnowledgePipeline(backend, agents, decoding, cache).run(items, shard=shard)
+            return await KnowledgePipeline(backend, agents, decoding, cache).run(items, shard=shard, priority=priority)
         finally:
             await backend.aclose()
 

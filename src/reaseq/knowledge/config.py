@@ -101,6 +101,9 @@ class AgentsConfig(Strict):
     recheck_after_revision: bool = True  # the critic scores the revised draft, so the confidence is about what is kept
     max_attempts: int = Field(3, ge=1)  # parse-repair-retry attempts per agent call
     item_concurrency: int = Field(4, ge=1)  # items processed at once
+    # Which items are generated first. "popularity" (most interactions first) makes a run stopped part way, or a
+    # budget that cannot cover the catalogue, hold the items most behaviour touches; records keep catalogue order.
+    order: Literal["catalogue", "popularity"] = "catalogue"
     prompts_dir: Path | None = None  # folder with planner/analyst/critic/writer.yaml overriding the shipped ones
     category_column: str | None = None  # items column naming the category; None: one category for the dataset
     default_category: str = "item"  # category of items without one (for MovieLens: "movie")

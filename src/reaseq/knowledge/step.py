@@ -30,6 +30,7 @@ log = logging.getLogger("reaseq")
 
 KNOWLEDGE_DIR = "knowledge"
 ITEMS_FILE = Path("data") / "items.parquet"
+INTERACTIONS_FILE = Path("data") / "interactions.parquet"
 RESOURCE_PREFIX = "reaseq:"
 
 
@@ -63,6 +64,16 @@ def _items(run: RunDir) -> pl.DataFrame:
     if not path.exists():
         raise InputError(path, None, "this run has no prepared items table", "run `reaseq prepare` with this config first")
     return pl.read_parquet(path)
+
+
+def item_popularity(run: RunDir, items: pl.DataFrame) -> dict[str, float]:
+    """Interactions per item id in the prepared data (all of them: the order changes no record, only which come first)."""
+    path = run.root / INTERACTIONS_FILE
+    if not path.exists():
+        raise InputError(path, None, "knowledge.agents.order=popularity needs the prepared interactions", "run `reaseq prepare` with this config first, or use order=catalogue")
+    counts = pl.read_parquet(path, columns=["item_idx"]).group_by("item_idx").len()
+    joined = items.select("item_idx", pl.col("item_id").cast(pl.String)).join(counts, on="item_idx", how="left")
+    return {item_id: float(n or 0) for item_id, n in joined.select("item_id", "len").iter_rows()}
 
 
 def _step_inputs(run: RunDir, cfg: KnowledgeConfig) -> list[Path]:
@@ -115,7 +126,8 @@ def _generate(run: RunDir, cfg: KnowledgeConfig, items: pl.DataFrame, out: Path,
                 added = import_pack(resolve_pack(spec), cache)
                 log.info("knowledge: %d entries added to the cache from %s", added, spec)
     inputs = items_from_table(items, cfg.agents, file=str(run.root / ITEMS_FILE))
-    result = generate_knowledge(inputs, make_backend(cfg.backend), cfg.agents, cfg.decoding, cache, shard)
+    priority = item_popularity(run, items) if cfg.agents.order == "popularity" else None
+    result = generate_knowledge(inputs, make_backend(cfg.backend), cfg.agents, cfg.decoding, cache, shard, priority)
     write_generation(result, out)
     summary = result.accounting.to_dict()
     if cache is not None:
