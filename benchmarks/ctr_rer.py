@@ -8,7 +8,8 @@ with sparse-user / long-tail subsets and a cold-start experiment (10% of the ite
     python benchmarks/ctr_rer.py --dataset ml-1m --tables-only                  # tables here, rows to plan.json ...
     python benchmarks/ctr_rer.py --dataset ml-1m --train-plan --jobs 16 --set train.device=cuda   # ... trained on a GPU
 
-Knowledge sources: `metadata` (the items' title, year and genres as text), `llm` (records of the knowledge step),
+Knowledge sources: `metadata` (the items' title, year and genres as text), `llm` (records of the knowledge step; items
+without an ok record fall back to their metadata unless --llm-only),
 `agent4rec` (Agent4Rec's LLM-written movie summaries) and `tml1m` (plot, director and cast of the ML-1M movies);
 the last two are read from --reference-dir and matched to our item ids by title (reported), never copied here.
 Every row trains with the config's epochs / lr / patience (an equal tuning budget) and selects on valid AUC.
@@ -40,9 +41,9 @@ from reaseq.evaluate.aggregate import aggregate_runs, format_mean_sd, mean_sd  #
 from reaseq.io import write_json, write_with  # noqa: E402
 from reaseq.knowledge.config import ImportConfig  # noqa: E402
 from reaseq.knowledge.importer import import_knowledge  # noqa: E402
-from reaseq.knowledge.records import write_jsonl  # noqa: E402
+from reaseq.knowledge.records import KnowledgeRecord, read_jsonl, write_jsonl  # noqa: E402
 from reaseq.rank.ctr import run_ctr  # noqa: E402
-from reaseq.represent.step import metadata_records, run_embed  # noqa: E402
+from reaseq.represent.step import metadata_records, run_embed, with_metadata_fallback  # noqa: E402
 from reaseq.represent.tables import load_tables  # noqa: E402
 
 METRICS = ["auc", "gauc", "logloss"]
@@ -72,6 +73,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--sources", nargs="+", choices=SOURCES, default=SOURCES)
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     parser.add_argument("--llm-records", type=Path, default=None, help="knowledge records (JSONL) of the knowledge step")
+    parser.add_argument("--llm-only", action="store_true", help="the llm source without the metadata fallback: items without an ok record get no knowledge")
     parser.add_argument("--reference-dir", type=Path, default=ROOT.parent / "shared" / "data" / "ml-1m", help=f"folder of {AGENT4REC_FILE} and {TML1M_FILE}")
     parser.add_argument("--rer-set", action="append", default=[], help="extra override for din_rer rows only, e.g. model.fine_tune_projection=true")
     parser.add_argument("--tag", default="", help="suffix of the din_rer row names and cache files (for variants made with --rer-set)")
@@ -116,7 +118,12 @@ def source_records(source: str, items: pl.DataFrame, args: argparse.Namespace, f
     if source == "llm":
         if args.llm_records is None or not args.llm_records.is_file():
             return None, {"skipped": f"no --llm-records file ({args.llm_records})"}
-        return args.llm_records, {"path": str(args.llm_records)}
+        llm = read_jsonl(args.llm_records, KnowledgeRecord)
+        if args.llm_only:
+            return args.llm_records, {"path": str(args.llm_records), "catalogue": len(our_ids), "ok_records": sum(r.status == "ok" for r in llm)}
+        # A partly generated catalogue (or items the model failed on) falls back to the items' metadata, as the demo does.
+        merged, counts = with_metadata_fallback(llm, items)
+        return write_jsonl(folder / "llm_with_metadata.jsonl", merged), {"path": str(args.llm_records), "catalogue": len(our_ids), **counts}
     agent4rec = args.reference_dir / AGENT4REC_FILE
     if not agent4rec.is_file():
         return None, {"skipped": f"{agent4rec} is absent"}

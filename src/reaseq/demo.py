@@ -58,13 +58,12 @@ def run_knowledge_replay(root: Path) -> list[str]:
 def demo_records(knowledge_run: Path, items_file: Path, out: Path) -> tuple[Path, str]:
     """RER's input: the replayed LLM records where the pack has them, the items' own metadata for the others."""
     from reaseq.knowledge.records import KnowledgeRecord, read_jsonl, write_jsonl
-    from reaseq.represent.step import metadata_records
+    from reaseq.represent.step import with_metadata_fallback
 
     llm_file = knowledge_run / "knowledge" / "knowledge.jsonl"
-    llm = {r.item_id: r for r in read_jsonl(llm_file, KnowledgeRecord) if r.status == "ok"} if llm_file.is_file() else {}
-    metadata = metadata_records(pl.read_parquet(items_file))
-    merged = [llm.get(r.item_id, r) for r in metadata]
-    return write_jsonl(out, merged), f"{len(llm)} items with the embedded LLM's knowledge, {len(merged) - len(llm)} with their metadata (title, year, genres)"
+    llm = read_jsonl(llm_file, KnowledgeRecord) if llm_file.is_file() else []
+    merged, counts = with_metadata_fallback(llm, pl.read_parquet(items_file))
+    return write_jsonl(out, merged), f"{counts['knowledge']} items with the embedded LLM's knowledge, {counts['metadata_fallback']} with their metadata (title, year, genres)"
 
 
 def run_reaseq(root: Path, quick: bool) -> tuple[dict[str, Any], str, str]:

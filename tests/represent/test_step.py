@@ -16,7 +16,7 @@ from reaseq.errors import InputError
 from reaseq.knowledge.records import KnowledgeRecord, write_jsonl
 from reaseq.rank.ctr import run_ctr
 from reaseq.represent.config import AlignConfig, EncoderConfig, RepresentConfig, SemanticIdConfig
-from reaseq.represent.step import collab_from_checkpoint, ctr_train_rows, metadata_records, run_embed, texts_by_item
+from reaseq.represent.step import collab_from_checkpoint, ctr_train_rows, metadata_records, run_embed, texts_by_item, with_metadata_fallback
 from reaseq.represent.tables import load_tables
 from reaseq.runs import RunDir
 
@@ -54,6 +54,18 @@ def test_metadata_records_render_title_year_and_genres() -> None:
     assert records["c"].status == "failed" and not records["c"].text  # nothing to say is flagged, never invented
     with pytest.raises(InputError, match="item_id"):
         metadata_records(items.drop("item_id"))
+
+
+def test_metadata_fallback_keeps_ok_answers_and_fills_the_rest() -> None:
+    items = pl.DataFrame({"item_id": ["a", "b", "c"], "title": ["Alien", "Heat", "Ran"]})
+    llm = [
+        KnowledgeRecord(item_id="b", text="mood: tense", model_id="smollm2", source="generated"),
+        KnowledgeRecord(item_id="c", model_id="smollm2", source="generated", status="failed", error="no valid answer"),
+        KnowledgeRecord(item_id="z", text="not in this catalogue", model_id="smollm2", source="generated"),
+    ]
+    merged, counts = with_metadata_fallback(llm, items)
+    assert [(r.item_id, r.model_id, r.text) for r in merged] == [("a", "metadata", "title: Alien"), ("b", "smollm2", "mood: tense"), ("c", "metadata", "title: Ran")]
+    assert counts == {"knowledge": 1, "metadata_fallback": 2}
 
 
 def test_records_map_to_item_indices_through_the_items_table() -> None:

@@ -61,6 +61,14 @@ def metadata_records(items: pl.DataFrame, fields: Sequence[str] = METADATA_FIELD
     return records
 
 
+def with_metadata_fallback(records: Sequence[KnowledgeRecord], items: pl.DataFrame) -> tuple[list[KnowledgeRecord], dict[str, int]]:
+    """One record per catalogue item: its ok record from `records`, else its metadata record; and the counts of each."""
+    answered = {r.item_id: r for r in records if r.status == "ok"}
+    merged = [answered.get(r.item_id, r) for r in metadata_records(items)]
+    used = sum(1 for r in merged if r.item_id in answered)
+    return merged, {"knowledge": used, "metadata_fallback": len(merged) - used}
+
+
 def collab_from_checkpoint(run_dir: str | Path, seed: int) -> np.ndarray:
     """float32 [n_items + 1, D]: the ID embedding table of a trained DIN run (`<run_dir>/train/seed<seed>/model.pt`)."""
     path = Path(run_dir) / "train" / f"seed{seed}" / "model.pt"
