@@ -250,13 +250,14 @@ def knowledge_pack(
     config: ConfigOpt = None,
     set_: SetOpt = None,
     run_dir: RunDirOpt = None,
+    exclude_pack: Annotated[Optional[list[str]], typer.Option(help="Leave out the entries of this pack (repeatable; 'reaseq:<path>' = shipped); replaying needs both.")] = None,
 ) -> None:
     """Pack a run's LLM-call cache into one file that other runs replay (knowledge.cache.seed_packs)."""
     from reaseq.knowledge.step import pack_cache
 
     run = _open_run(config, set_, run_dir)
-    manifest = pack_cache(run, out)
-    typer.echo(f"packed {manifest['entries']} cache entries for {manifest['items_ok']} items into {out}")
+    manifest = pack_cache(run, out, exclude_pack or [])
+    typer.echo(f"packed {manifest['entries']} cache entries (run records: {manifest['items_ok']} items ok) into {out}")
 
 
 @app.command()

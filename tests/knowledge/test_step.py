@@ -14,7 +14,8 @@ from reaseq import pipeline
 from reaseq.cli import app
 from reaseq.config import RunConfig
 from reaseq.errors import InputError
-from reaseq.knowledge.cache import KnowledgeCache, import_pack
+from reaseq.io import sha256_file
+from reaseq.knowledge.cache import KnowledgeCache, import_pack, read_pack
 from reaseq.knowledge.records import KnowledgeRecord, TraceRecord, read_jsonl
 from reaseq.knowledge.step import merge_shards, output_dir, pack_cache, records_path, resolve_pack, run_knowledge
 from reaseq.runs import RunDir
@@ -90,6 +91,25 @@ def test_pack_then_replay_only_needs_no_model(synthetic, tmp_path: Path, server:
     summary = run_knowledge(fresh)
     assert len(server.requests) == sent and summary["items_ok"] == n_items(fresh)
     assert read_jsonl(records_path(fresh), KnowledgeRecord) == read_jsonl(records_path(run), KnowledgeRecord)
+
+
+def test_pack_can_leave_out_what_another_pack_holds(synthetic, tmp_path: Path, server: ScriptedServer) -> None:
+    run = knowledge_run(synthetic, tmp_path, server)
+    run_knowledge(run)
+    base = tmp_path / "base.jsonl.gz"
+    pack_cache(run, base)
+    base_keys = [entry["key"] for entry in read_pack(base)]
+    # Take half of the entries out as an older pack; the delta pack holds exactly the other half.
+    old = tmp_path / "old.jsonl.gz"
+    old.write_bytes(gzip.compress(("\n".join(json.dumps(e) for e in read_pack(base)[::2]) + "\n").encode()))
+    manifest = pack_cache(run, tmp_path / "delta.jsonl.gz", [str(old)])
+    delta_keys = {entry["key"] for entry in read_pack(tmp_path / "delta.jsonl.gz")}
+    assert delta_keys == set(base_keys[1::2]) and manifest["entries"] == len(delta_keys)
+    assert manifest["requires"] == [{"pack": str(old), "sha256": sha256_file(old), "entries": len(base_keys[::2])}]
+    # Both packs together replay the run without a model call.
+    fresh = knowledge_run(synthetic, tmp_path / "fresh", server, cache={"seed_packs": [str(old), str(tmp_path / "delta.jsonl.gz")], "replay_only": True})
+    sent = len(server.requests)
+    assert run_knowledge(fresh)["items_ok"] == n_items(fresh) and len(server.requests) == sent
 
 
 def test_replay_only_records_missing_calls_as_failures(synthetic, tmp_path: Path) -> None:

@@ -205,8 +205,8 @@ def export_pack(cache: KnowledgeCache, path: str | Path, keys: Iterable[str] | N
     return len(lines)
 
 
-def import_pack(path: str | Path, cache: KnowledgeCache) -> int:
-    """Add the entries of a pack to a cache folder (keys already there are kept); returns how many were added."""
+def read_pack(path: str | Path) -> list[dict[str, Any]]:
+    """The validated entries of a pack (each with its 'key')."""
     path = Path(path)
     try:
         text = gzip.decompress(path.read_bytes()).decode("utf-8")
@@ -214,7 +214,7 @@ def import_pack(path: str | Path, cache: KnowledgeCache) -> int:
         raise InputError(path, None, "knowledge cache pack not found", "fix knowledge.cache.seed_packs or run `reaseq knowledge --regenerate`") from None
     except (OSError, EOFError, UnicodeDecodeError) as exc:
         raise InputError(path, None, f"not a gzipped JSON Lines cache pack ({exc})", "re-create it with `reaseq knowledge-pack`") from None
-    added = 0
+    entries = []
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
@@ -225,6 +225,15 @@ def import_pack(path: str | Path, cache: KnowledgeCache) -> int:
         key = entry.get("key") if isinstance(entry, dict) else None
         if not isinstance(key, str) or not _KEY.match(key) or not _has_answer(entry):
             raise InputError(path, f"line {number}", "an entry without a valid 'key' and an 'output' or 'failure'", "re-create the pack with `reaseq knowledge-pack`")
+        entries.append(entry)
+    return entries
+
+
+def import_pack(path: str | Path, cache: KnowledgeCache) -> int:
+    """Add the entries of a pack to a cache folder (keys already there are kept); returns how many were added."""
+    added = 0
+    for entry in read_pack(path):
+        key = entry["key"]
         if cache._read(cache.path_for(key)) is None:
             cache.put(key, {k: v for k, v in entry.items() if k != "key"})
             added += 1

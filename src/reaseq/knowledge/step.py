@@ -16,7 +16,7 @@ from reaseq.errors import InputError
 from reaseq.io import sha256_file, write_json
 from reaseq.knowledge.accounting import Accounting
 from reaseq.knowledge.agents import generate_knowledge, not_generated
-from reaseq.knowledge.cache import KnowledgeCache, export_pack, import_pack, merge_caches
+from reaseq.knowledge.cache import KnowledgeCache, export_pack, import_pack, merge_caches, read_pack
 from reaseq.knowledge.config import KnowledgeConfig
 from reaseq.knowledge.importer import import_knowledge
 from reaseq.knowledge.item_text import items_from_table
@@ -161,15 +161,25 @@ def merge_shards(run: RunDir, shard_dirs: Sequence[Path], caches: Sequence[Path]
     return records
 
 
-def pack_cache(run: RunDir, out: Path) -> dict[str, Any]:
-    """Pack the cache entries behind the run's records into one file, with a manifest beside it."""
+def pack_cache(run: RunDir, out: Path, exclude_packs: Sequence[str] = ()) -> dict[str, Any]:
+    """Pack the run's cache into one file, with a manifest beside it; entries already in `exclude_packs` are left out.
+
+    A pack made with exclusions replays only together with the packs it excludes (its manifest lists them under
+    `requires`): list them all in knowledge.cache.seed_packs. This keeps a shipped pack to what is new in it.
+    """
     cfg = run.config.knowledge
     path = records_path(run)
     if not path.exists():
         raise InputError(path, None, "this run has no knowledge records to pack", "run `reaseq knowledge` first")
     records = read_jsonl(path, KnowledgeRecord)
     cache = KnowledgeCache(cache_dir(run))
-    count = export_pack(cache, out)
+    excluded: set[str] = set()
+    requires = []
+    for spec in exclude_packs:
+        keys = {entry["key"] for entry in read_pack(resolve_pack(spec))}
+        excluded |= keys
+        requires.append({"pack": spec, "sha256": sha256_file(resolve_pack(spec)), "entries": len(keys)})
+    count = export_pack(cache, out, [key for key in cache.all_keys() if key not in excluded] if excluded else None)
     model_ids = sorted({r.model_id for r in records})
     manifest = {
         "pack": out.name,
@@ -181,6 +191,7 @@ def pack_cache(run: RunDir, out: Path) -> dict[str, Any]:
         "items_failed": sum(r.status == "failed" for r in records),
         # of those, items the run could not replay because generation has not reached them (the rest: the model failed)
         "items_not_generated": sum(map(not_generated, records)),
+        "requires": requires,
         "model_ids": model_ids,
         "prompt_versions": prompt_versions(load_prompts(cfg.agents.prompts_dir)),
         "backend": cfg.backend.model_dump(mode="json"),
