@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import signal
 import socket
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -100,6 +104,24 @@ def test_exit_codes_and_timeouts_are_reported_with_the_log_tail(tmp_path: Path) 
     assert described[1] is not None and described[1].startswith("shard 1/3: exit code 3") and "backend exploded" in described[1]
     assert described[2] is not None and "shard 2/3: still running after 2s, stopped" in described[2]
     assert results[2].returncode is None and results[2].wall_s < 30
+
+
+def test_a_launcher_stopped_with_sigterm_stops_its_workers(tmp_path: Path) -> None:
+    pid_file = tmp_path / "worker.pid"
+    worker = f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(120)"
+    launcher = (
+        "import sys; from pathlib import Path; from reaseq.knowledge.workers import run_processes; "
+        f"run_processes({{'0/1': [sys.executable, '-c', {worker!r}]}}, {{'0/1': Path({str(tmp_path / 'w.log')!r})}})"
+    )
+    process = subprocess.Popen([sys.executable, "-c", launcher])
+    deadline = time.monotonic() + 60
+    while not (pid_file.is_file() and pid_file.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    worker_pid = int(pid_file.read_text())
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=30) == 128 + signal.SIGTERM
+    with pytest.raises(ProcessLookupError):  # the worker was stopped (and reaped) by its launcher
+        os.kill(worker_pid, 0)
 
 
 def test_ray_backend_without_ray_is_a_clear_error(synthetic, tmp_path: Path, server: ScriptedServer) -> None:

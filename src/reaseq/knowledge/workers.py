@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import signal
+import threading
 import subprocess
 import sys
 import time
@@ -157,8 +158,23 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
             process.wait()
 
 
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    # SIGTERM (kill, a job scheduler) would end the launcher without running its `finally`, leaving workers behind.
+    raise SystemExit(128 + signum)
+
+
 def run_processes(commands: dict[str, list[str]], logs: dict[str, Path], timeout_s: float | None = None) -> list[WorkerResult]:
     """Start one OS process per shard, wait for all (stopping them after timeout_s), and say how each ended."""
+    in_main_thread = threading.current_thread() is threading.main_thread()  # only there may a signal handler be set
+    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm) if in_main_thread else None
+    try:
+        return _run_processes(commands, logs, timeout_s)
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _run_processes(commands: dict[str, list[str]], logs: dict[str, Path], timeout_s: float | None) -> list[WorkerResult]:
     started = time.perf_counter()
     running: dict[str, tuple[subprocess.Popen[bytes], float]] = {}
     results: dict[str, WorkerResult] = {}
@@ -181,7 +197,7 @@ def run_processes(commands: dict[str, list[str]], logs: dict[str, Path], timeout
                 break
             time.sleep(POLL_S)
     finally:
-        # Ctrl-C or an error in the launcher: no worker is left running on its own.
+        # Ctrl-C, SIGTERM or an error in the launcher: no worker is left running on its own.
         for process, _ in running.values():
             _stop(process)
     return [results[shard] for shard in commands]
