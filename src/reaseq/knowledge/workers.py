@@ -15,9 +15,9 @@ import json
 import logging
 import os
 import signal
-import threading
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
