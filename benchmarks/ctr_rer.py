@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, ROOT, finish, make_row, open_run  # noqa: E402
 
 from reaseq import pipeline  # noqa: E402
-from reaseq.ablate import test_subsets  # noqa: E402
+from reaseq.ablate import is_cached, row_key, test_subsets  # noqa: E402
 from reaseq.config import RunConfig, with_overrides  # noqa: E402
 from reaseq.data.cold import cold_split  # noqa: E402
 from reaseq.data.dataset import load_prepared  # noqa: E402
@@ -198,6 +198,7 @@ class RowTask:
     tables: Path | None
     seed: int
     cold: bool
+    key: str  # what the result depends on (settings, data, knowledge tables): a file of another key is retrained
 
 
 def train_row(run_root: Path, task: RowTask, args: argparse.Namespace) -> Path:
@@ -214,13 +215,13 @@ def train_row(run_root: Path, task: RowTask, args: argparse.Namespace) -> Path:
         result = run_ctr(data, split.samples, cfg, task.seed, tables=tables, test_subsets=subsets, train_hidden_items=split.cold_items)
     else:
         result = run_ctr(data, samples, cfg, task.seed, tables=tables, test_subsets=test_subsets(data, samples, args.sparse_history, args.long_tail))
-    write_json(task.out, {**result, "device": cfg.train.device})
+    write_json(task.out, {**result, "row_key": task.key, "device": cfg.train.device})
     return task.out
 
 
 def pending(tasks: list[RowTask], force: bool) -> list[RowTask]:
-    """The tasks without a result file yet (all of them with --force)."""
-    return [t for t in tasks if force or not t.out.is_file()]
+    """The tasks without a result of the same key yet (all of them with --force)."""
+    return [t for t in tasks if force or not is_cached(t.out, t.key)]
 
 
 def train_rows(run_root: Path, tasks: list[RowTask], args: argparse.Namespace) -> None:
@@ -245,7 +246,7 @@ def write_plan(work: Path, run_root: Path, tasks: list[RowTask], args: argparse.
     plan = {
         "run_root": rel(run_root),
         "settings": {k: vars(args)[k] for k in ("cold_frac", "cold_seed", "sparse_history", "long_tail")},
-        "tasks": [{"out": rel(t.out), "cfg": t.cfg_json, "tables": rel(t.tables) if t.tables else None, "seed": t.seed, "cold": t.cold} for t in todo],
+        "tasks": [{"out": rel(t.out), "cfg": t.cfg_json, "tables": rel(t.tables) if t.tables else None, "seed": t.seed, "cold": t.cold, "key": t.key} for t in todo],
     }
     return write_json(work / PLAN_FILE, plan)
 
@@ -262,7 +263,7 @@ def train_plan(work: Path, args: argparse.Namespace) -> None:
     # the model or training would make a row differ from the one its file name stands for.
     extra = [*args.overrides, f"train.num_threads={args.threads}"]
     tasks = [
-        RowTask(work / t["out"], with_overrides(RunConfig.model_validate(t["cfg"]), extra).model_dump(mode="json"), work / t["tables"] if t["tables"] else None, t["seed"], t["cold"])
+        RowTask(work / t["out"], with_overrides(RunConfig.model_validate(t["cfg"]), extra).model_dump(mode="json"), work / t["tables"] if t["tables"] else None, t["seed"], t["cold"], t["key"])
         for t in plan["tasks"]
     ]
     for task in tasks:
@@ -290,13 +291,15 @@ def main() -> None:
     # process (the embed steps write the run's manifest); then the rows train, in parallel with --jobs.
     planned: list[tuple[str, list[RowTask], RunConfig, str | None, bool]] = []
 
-    def plan(variants: list[str], source: str | None, tables: Path | None, cold: bool, prefix: str = "") -> None:
+    def plan(variants: list[str], source: str | None, tables: Path | None, cold: bool, prefix: str = "", tables_step: str | None = None) -> None:
+        subsets = ["cold", args.cold_frac, args.cold_seed] if cold else [args.sparse_history, args.long_tail]
         for variant in variants:
             row_cfg = variant_config(cfg, variant, args.rer_set)
+            key = row_key(run, row_cfg, subsets, tables_step if variant != "din" else None)
             suffix = tag if variant == "din_rer" else ""
             name = f"{prefix}{variant}{suffix}" + (f"[{source}]" if source and variant != "din" else "")
             file_stem = f"{prefix}{variant}{suffix}" + (f"_{source}" if source and variant != "din" else "")
-            tasks = [RowTask(rows_dir / f"{file_stem}_seed{seed}.json", row_cfg.model_dump(mode="json"), tables if variant != "din" else None, seed, cold) for seed in args.seeds]
+            tasks = [RowTask(rows_dir / f"{file_stem}_seed{seed}.json", row_cfg.model_dump(mode="json"), tables if variant != "din" else None, seed, cold, key) for seed in args.seeds]
             planned.append((name, tasks, row_cfg, source, cold))
 
     # Main experiment: din once, then the knowledge rows of every available source.
@@ -315,7 +318,7 @@ def main() -> None:
         tables_path = run_embed(run, records, name=source)
         sources_records[source] = records
         info["embed"] = run.manifest["steps"][f"embed_{source}"]["metrics"]
-        plan(knowledge_variants, source, tables_path, cold=False)
+        plan(knowledge_variants, source, tables_path, cold=False, tables_step=f"embed_{source}")
 
     # Cold start: tables whose collaborative side and gate never saw the cold items.
     cold_info: dict[str, Any] = {}
@@ -329,7 +332,7 @@ def main() -> None:
             if source not in sources_records:
                 continue
             tables_path = run_embed(run, sources_records[source], name=f"{source}_cold", exclude_items=split.cold_items)
-            plan([v for v in COLD_VARIANTS if v != "din"], source, tables_path, cold=True, prefix=prefix)
+            plan([v for v in COLD_VARIANTS if v != "din"], source, tables_path, cold=True, prefix=prefix, tables_step=f"embed_{source}_cold")
 
     tasks = [task for _, row_tasks, *_ in planned for task in row_tasks]
     if args.tables_only:

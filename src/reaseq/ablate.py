@@ -65,8 +65,10 @@ def test_subsets(data: SequenceData, samples: CTRSamples, sparse_history: int, l
     return {"sparse_users": history_lengths(data, samples) <= sparse_history, "long_tail": item_pop[samples.item] <= long_tail}
 
 
-def row_key(run: RunDir, cfg: RunConfig, sparse_history: int, long_tail: int) -> str:
-    """What a cached (row, seed) result depends on: the row's model/train/protocol settings and the tables' step keys.
+def row_key(run: RunDir, cfg: RunConfig, subsets: list[Any], tables_step: str | None) -> str:
+    """What a cached (row, seed) result depends on: the row's model/train/protocol settings, its test subsets and the
+    step keys of the data and of the knowledge tables it reads (`tables_step`, the embed step that wrote them; None
+    for a row without knowledge).
 
     Where it ran (train.device, threads) and progress bars are left out: a row trained on a GPU is the same row.
     """
@@ -74,21 +76,21 @@ def row_key(run: RunDir, cfg: RunConfig, sparse_history: int, long_tail: int) ->
     section = {
         "model": cfg.model.model_dump(mode="json", exclude={"knowledge_tables", "inferred_table"}),
         "train": cfg.train.model_dump(mode="json", exclude={"seeds", "progress", "device", "num_threads"}),
-        "protocol": cfg.protocol.ctr.model_dump(), "evaluate": cfg.evaluate.model_dump(), "subsets": [sparse_history, long_tail],
-        "embed": steps.get("embed", {}).get("key") if cfg.model.knowledge_tables else None,
+        "protocol": cfg.protocol.ctr.model_dump(), "evaluate": cfg.evaluate.model_dump(), "subsets": subsets,
+        "embed": steps.get(tables_step, {}).get("key") if tables_step else None,
         "gbr": steps.get("gbr", {}).get("key") if cfg.model.inferred_table else None,
         "data": steps.get("prepare", {}).get("key"),
     }
     return sha256_text(json.dumps(section, sort_keys=True, default=str))
 
 
-def _cached(path: Path, key: str) -> bool:
-    """A finished result of the same row key (an older or other row config is recomputed, never reused)."""
+def is_cached(path: Path, key: str) -> bool:
+    """A finished result of the same row key (a result of other settings or knowledge is recomputed, never reused)."""
     if not path.is_file():
         return False
     if _read_json(path).get("row_key") == key:
         return True
-    log.info("ablate: %s was made with other settings; recomputing it", path.name)
+    log.info("%s was made with other settings or inputs (or before results were keyed); recomputing it", path.name)
     return False
 
 
@@ -189,8 +191,8 @@ def run_ablation(
     inferred = pipeline.gbr(run, force=force) if needs_gbr else None
 
     configs = {row: row_config(cfg, row, tables, inferred) for row in rows}
-    keys = {row: row_key(run, configs[row], sparse_history, long_tail) for row in rows}
-    todo = [(row, seed) for row in rows for seed in seeds if force or not _cached(folder / "rows" / f"{row}_seed{seed}.json", keys[row])]
+    keys = {row: row_key(run, configs[row], [sparse_history, long_tail], "embed" if configs[row].model.knowledge_tables else None) for row in rows}
+    todo = [(row, seed) for row in rows for seed in seeds if force or not is_cached(folder / "rows" / f"{row}_seed{seed}.json", keys[row])]
     (folder / "rows").mkdir(parents=True, exist_ok=True)
     args = [(str(run.root), configs[row].model_dump(mode="json"), seed, sparse_history, long_tail, str(folder / "rows" / f"{row}_seed{seed}.json"), keys[row]) for row, seed in todo]
     if jobs > 1 and len(args) > 1:
