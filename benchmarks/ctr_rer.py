@@ -295,11 +295,12 @@ def main() -> None:
         subsets = ["cold", args.cold_frac, args.cold_seed] if cold else [args.sparse_history, args.long_tail]
         for variant in variants:
             row_cfg = variant_config(cfg, variant, args.rer_set)
-            key = row_key(run, row_cfg, subsets, tables_step if variant != "din" else None)
+            row_tables, row_tables_step = (None, None) if variant == "din" else (tables, tables_step)
+            key = row_key(run, row_cfg, subsets, row_tables_step)
             suffix = tag if variant == "din_rer" else ""
             name = f"{prefix}{variant}{suffix}" + (f"[{source}]" if source and variant != "din" else "")
             file_stem = f"{prefix}{variant}{suffix}" + (f"_{source}" if source and variant != "din" else "")
-            tasks = [RowTask(rows_dir / f"{file_stem}_seed{seed}.json", row_cfg.model_dump(mode="json"), tables if variant != "din" else None, seed, cold, key) for seed in args.seeds]
+            tasks = [RowTask(rows_dir / f"{file_stem}_seed{seed}.json", row_cfg.model_dump(mode="json"), row_tables, seed, cold, key) for seed in args.seeds]
             planned.append((name, tasks, row_cfg, source, cold))
 
     # Main experiment: din once, then the knowledge rows of every available source.

@@ -176,9 +176,10 @@ def pack_cache(run: RunDir, out: Path, exclude_packs: Sequence[str] = ()) -> dic
     excluded: set[str] = set()
     requires = []
     for spec in exclude_packs:
-        keys = {entry["key"] for entry in read_pack(resolve_pack(spec))}
+        pack = resolve_pack(spec)
+        keys = {entry["key"] for entry in read_pack(pack)}
         excluded |= keys
-        requires.append({"pack": spec, "sha256": sha256_file(resolve_pack(spec)), "entries": len(keys)})
+        requires.append({"pack": spec, "sha256": sha256_file(pack), "entries": len(keys)})
     count = export_pack(cache, out, [key for key in cache.all_keys() if key not in excluded] if excluded else None)
     model_ids = sorted({r.model_id for r in records})
     manifest = {
