@@ -48,7 +48,9 @@ from reaseq.gbr.train import collaborative_init, train_gbr
 from reaseq.io import sha256_text
 
 # GBR settings of this benchmark (any GBRConfig field can be overridden with --gbr key=value).
-BENCH_GBR: dict[str, Any] = {"max_len": 100, "batch_size": 32, "lr": 0.002, "loss_weight": "none", "response_frac": 0.5, "steps": 1, "patience": 5, "epochs": 1000}
+# max_len 200 with context "all": the history is read in full, in pieces of 180 items (a quarter of target users
+# have more than 138 on-platform events; see docs/protocols.md for the measured effect of both).
+BENCH_GBR: dict[str, Any] = {"max_len": 200, "context": "all", "batch_size": 32, "lr": 0.002, "loss_weight": "none", "response_frac": 0.5, "steps": 1, "patience": 5, "epochs": 1000}
 EVAL_EVERY_WINDOWS = 4000  # training windows between validation checks, for both GBR and SASRec
 
 
@@ -62,6 +64,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--budget-s", type=float, default=300.0, help="training seconds for GBR and for SASRec each")
     parser.add_argument("--steps-grid", type=int, nargs="+", default=[1, 2, 5, 10], help="unmasking rounds for the quality-vs-steps curve")
     parser.add_argument("--sasrec-init", choices=["random", "svd"], default="random", help="SASRec item embeddings: its own random start, or GBR's SVD start")
+    parser.add_argument("--sasrec-max-len", type=int, default=None, help="history items SASRec reads (default: the config's protocol.topk.max_len, 50 on ML-1M; 200 did worse there, see docs/protocols.md)")
     parser.add_argument("--ease-l2", type=float, nargs="+", default=[100.0, 300.0, 1000.0, 3000.0, 10000.0], help="EASE l2 grid, chosen on world users held out as validation targets")
     parser.add_argument("--valid-frac", type=float, default=0.1, help="share of all users, drawn among world users, that play targets for model selection (EASE's l2; GBR's and SASRec's round with --select recall)")
     parser.add_argument("--select", choices=["recall", "loss"], default="recall",
@@ -111,11 +114,11 @@ def run_gbr(data: Any, split: BeyondLogSplit, cfg: GBRConfig, k: int, steps_grid
         model, record = train_gbr(data, split.visible_rows, cfg, response_items=split.off_platform, eval_every=EVAL_EVERY_WINDOWS)
     else:
         visible, inner = selection
-        generate = lambda m: lambda histories, allowed: infer(m, histories, k, cfg.steps, allowed, batch_size=cfg.infer_batch_size, seed=cfg.seed)[0]
+        generate = lambda m: lambda histories, allowed: infer(m, histories, k, cfg.steps, allowed, batch_size=cfg.infer_batch_size, seed=cfg.seed, context=cfg.context)[0]
         model, record = train_gbr(visible, inner.visible_rows, cfg, response_items=inner.off_platform, eval_every=EVAL_EVERY_WINDOWS, select=lambda m: selection_recall(generate(m), selection, k))
     score = lambda items: evaluate_lists(items, split, k)
     grid = sorted(set(steps_grid) | {cfg.steps})
-    curve = quality_vs_steps(model, split.histories, k, grid, score, split.allowed, remasking=cfg.remasking, temperature=cfg.temperature, batch_size=cfg.infer_batch_size, seed=cfg.seed)
+    curve = quality_vs_steps(model, split.histories, k, grid, score, split.allowed, remasking=cfg.remasking, temperature=cfg.temperature, batch_size=cfg.infer_batch_size, seed=cfg.seed, context=cfg.context)
     chosen = next(row for row in curve if row["steps"] == cfg.steps)
     metrics = {key: chosen[key] for key in (f"recall@{k}", f"ndcg@{k}", f"precision@{k}", "n", "validity", "duplicate_rate", "novelty", "mean_confidence")}
     return {
@@ -125,7 +128,7 @@ def run_gbr(data: Any, split: BeyondLogSplit, cfg: GBRConfig, k: int, steps_grid
     }
 
 
-def run_sasrec(data: Any, split: BeyondLogSplit, run_cfg: Any, gbr_cfg: GBRConfig, budget_s: float, seed: int, init: str, k: int, selection: Selection) -> dict[str, Any]:
+def run_sasrec(data: Any, split: BeyondLogSplit, run_cfg: Any, gbr_cfg: GBRConfig, budget_s: float, seed: int, init: str, k: int, selection: Selection, max_len: int) -> dict[str, Any]:
     """Train SASRec on the visible corpus within the same budget and generate K items greedily, one at a time."""
     started = time.perf_counter()
     train_cfg = run_cfg.train.model_copy(update={"time_budget_s": budget_s, "epochs": gbr_cfg.epochs})
@@ -134,7 +137,7 @@ def run_sasrec(data: Any, split: BeyondLogSplit, run_cfg: Any, gbr_cfg: GBRConfi
         corpus, rows = selection[0], selection[1].visible_rows
         select = lambda g: selection_recall(lambda histories, allowed: generate_autoregressive(g, histories, k, allowed)[0], selection, k)
     init_vectors = collaborative_init(corpus, rows, run_cfg.model.embedding_dim, seed) if init == "svd" else None
-    generator = train_sasrec_generator(corpus, rows, run_cfg.model, train_cfg, run_cfg.protocol.topk.max_len, seed, gbr_cfg.valid_user_frac, EVAL_EVERY_WINDOWS, init_vectors, select)
+    generator = train_sasrec_generator(corpus, rows, run_cfg.model, train_cfg, max_len, seed, gbr_cfg.valid_user_frac, EVAL_EVERY_WINDOWS, init_vectors, select)
     (items, confidence), infer_s = timed(lambda: generate_autoregressive(generator, split.histories, k, split.allowed))
     metrics = {**evaluate_lists(items, split, k), **generation_quality(items, split.histories, split.allowed, data.n_items), "mean_confidence": float(confidence.mean())}
     return {
@@ -158,7 +161,9 @@ def main() -> None:
     split = build_beyond_log(data, protocol_cfg)
     out = args.out or RESULTS / f"{run_cfg.dataset.name}_beyond_log.json"
     # Cached rows are keyed by every setting that changes them, so a changed setting is never served stale.
-    settings = {"protocol": protocol_cfg.model_dump(), "gbr": GBRConfig.model_validate(base_gbr).model_dump(), "budget_s": args.budget_s, "steps": args.steps_grid, "sasrec_init": args.sasrec_init, "ease_l2": args.ease_l2, "valid_frac": args.valid_frac, "select": args.select,
+    gbr_defaults = GBRConfig.model_validate(base_gbr)
+    sasrec_max_len = args.sasrec_max_len or run_cfg.protocol.topk.max_len
+    settings = {"protocol": protocol_cfg.model_dump(), "gbr": gbr_defaults.model_dump(), "budget_s": args.budget_s, "steps": args.steps_grid, "sasrec_init": args.sasrec_init, "sasrec_max_len": sasrec_max_len, "ease_l2": args.ease_l2, "valid_frac": args.valid_frac, "select": args.select,
                 "model": run_cfg.model.model_dump(), "train": run_cfg.train.model_dump(exclude={"progress"}), "topk": run_cfg.protocol.topk.model_dump()}
     rows_dir = args.work_dir / "rows" / sha256_text(json.dumps(settings, sort_keys=True, default=str))[:12]
     print(f"{len(split.target_users)} target users, {int(split.off_platform.sum())} off-platform items, {int(split.visible_rows.sum())} visible events", file=sys.stderr)
@@ -171,7 +176,7 @@ def main() -> None:
     for seed in args.seeds:
         gbr_cfg = GBRConfig.model_validate({**base_gbr, "seed": seed})
         results["gbr"].append(cached(rows_dir / f"gbr_seed{seed}.json", partial(run_gbr, data, split, gbr_cfg, k, args.steps_grid, selection), args.force))
-        results["autoregressive"].append(cached(rows_dir / f"autoregressive_seed{seed}.json", partial(run_sasrec, data, split, run_cfg, gbr_cfg, args.budget_s, seed, args.sasrec_init, k, selection), args.force))
+        results["autoregressive"].append(cached(rows_dir / f"autoregressive_seed{seed}.json", partial(run_sasrec, data, split, run_cfg, gbr_cfg, args.budget_s, seed, args.sasrec_init, k, selection, sasrec_max_len), args.force))
         print(f"seed {seed}: recall@{k} gbr {results['gbr'][-1]['metrics'][f'recall@{k}']:.4f}, autoregressive {results['autoregressive'][-1]['metrics'][f'recall@{k}']:.4f}", file=sys.stderr)
 
     rows = []
@@ -185,7 +190,7 @@ def main() -> None:
         if name == "ease":
             extra = {"l2": per_seed[0]["l2"], "valid_recall": per_seed[0]["valid_recall"]}
         if name == "autoregressive":
-            extra["config"] = {"model": run_cfg.model.model_dump(), "train": run_cfg.train.model_dump(exclude={"seeds", "progress"}), "max_len": run_cfg.protocol.topk.max_len, "init": args.sasrec_init}
+            extra["config"] = {"model": run_cfg.model.model_dump(), "train": run_cfg.train.model_dump(exclude={"seeds", "progress"}), "max_len": sasrec_max_len, "init": args.sasrec_init}
         rows.append(make_row(name, [r["metrics"] for r in per_seed], [r["samples_per_s"] for r in per_seed], [r["wall_s"] for r in per_seed], **extra))
 
     mean = {row["name"]: row["metrics"][f"recall@{k}"]["mean"] for row in rows}

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from reaseq.errors import InputError
-from reaseq.gbr.infer import generation_quality, infer, quality_vs_steps, slot_tokens
+from reaseq.gbr.infer import generation_quality, history_pieces, infer, quality_vs_steps, slot_tokens
 from reaseq.gbr.model import PAD, MaskedDiffusionLM, mask_token
 from tests.gbr.conftest import tiny_gbr
 
@@ -31,12 +31,22 @@ def test_slots_follow_the_most_recent_history() -> None:
     assert slots.tolist() == [[3, 4], [1, 2]]
 
 
+def test_history_pieces_cover_the_whole_history_newest_first() -> None:
+    long, empty = np.arange(1, 8), np.array([], dtype=np.int64)
+    pieces, owner = history_pieces([long, empty], keep=3, context="all")
+    assert [p.tolist() for p in pieces] == [[5, 6, 7], [2, 3, 4], [1], []]
+    assert owner.tolist() == [0, 0, 0, 1]
+    pieces, owner = history_pieces([long, empty], keep=3, context="recent")
+    assert [p.tolist() for p in pieces] == [[5, 6, 7], []] and owner.tolist() == [0, 1]
+
+
+@pytest.mark.parametrize("context", ["recent", "all"])
 @pytest.mark.parametrize(("steps", "remasking", "temperature"), [(1, "confidence", 0.0), (2, "confidence", 0.0), (4, "confidence", 0.0), (9, "random", 0.0), (3, "confidence", 1.0)])
-def test_inferred_items_are_allowed_unseen_and_distinct(model: MaskedDiffusionLM, steps: int, remasking: str, temperature: float) -> None:
+def test_inferred_items_are_allowed_unseen_and_distinct(model: MaskedDiffusionLM, steps: int, remasking: str, temperature: float, context: str) -> None:
     allowed = np.zeros(N_ITEMS + 1, dtype=bool)
     allowed[10:] = True
     hist = histories()
-    items, confidence = infer(model, hist, k=4, steps=steps, allowed=allowed, remasking=remasking, temperature=temperature)  # type: ignore[arg-type]
+    items, confidence = infer(model, hist, k=4, steps=steps, allowed=allowed, remasking=remasking, temperature=temperature, context=context)  # type: ignore[arg-type]
     assert items.shape == confidence.shape == (len(hist), 4)
     assert allowed[items].all()
     for row, history in zip(items, hist):
@@ -46,11 +56,30 @@ def test_inferred_items_are_allowed_unseen_and_distinct(model: MaskedDiffusionLM
     assert generation_quality(items, hist, allowed, N_ITEMS) == {"validity": 1.0, "duplicate_rate": 0.0, "novelty": 1.0}
 
 
-def test_inference_is_deterministic_and_batch_independent(model: MaskedDiffusionLM) -> None:
+@pytest.mark.parametrize("context", ["recent", "all"])
+def test_inference_is_deterministic_and_batch_independent(model: MaskedDiffusionLM, context: str) -> None:
     hist = histories()
-    whole = infer(model, hist, k=4, steps=2)
-    batched = infer(model, hist, k=4, steps=2, batch_size=2)
+    whole = infer(model, hist, k=4, steps=2, context=context)  # type: ignore[arg-type]
+    batched = infer(model, hist, k=4, steps=2, batch_size=2, context=context)  # type: ignore[arg-type]
     assert np.array_equal(whole[0], batched[0]) and np.allclose(whole[1], batched[1])
+
+
+def test_context_all_reads_items_older_than_the_window(model: MaskedDiffusionLM) -> None:
+    # 15 items and 8 history tokens per row: the oldest item only reaches the slots with context "all".
+    history = np.arange(1, 16)
+    changed = history.copy()
+    changed[0] = 20
+    for context, should_move in (("recent", False), ("all", True)):
+        _, before = infer(model, [history], k=4, steps=1, exclude_seen=False, context=context)  # type: ignore[arg-type]
+        _, after = infer(model, [changed], k=4, steps=1, exclude_seen=False, context=context)  # type: ignore[arg-type]
+        assert np.allclose(before, after) != should_move
+
+
+def test_context_all_equals_recent_when_the_history_fits(model: MaskedDiffusionLM) -> None:
+    short = [h for h in histories() if len(h) <= 8]
+    recent = infer(model, short, k=4, steps=2, context="recent")
+    whole = infer(model, short, k=4, steps=2, context="all")
+    assert np.array_equal(recent[0], whole[0]) and np.allclose(recent[1], whole[1])
 
 
 def test_one_round_commits_the_most_confident_slot_first_then_the_best_distinct_item(model: MaskedDiffusionLM) -> None:

@@ -61,7 +61,7 @@ def inferred_table(model: MaskedDiffusionLM, data: SequenceData, train_rows: np.
     `as_of` (per user, default 0: from the first row) is stored with the rows for the ranker (see gbr_rows).
     """
     histories = user_histories(data, train_rows)
-    items, confidence = infer(model, histories, cfg.k, cfg.steps, allowed, exclude_seen=True, temperature=cfg.temperature, remasking=cfg.remasking, batch_size=cfg.infer_batch_size, seed=cfg.seed)
+    items, confidence = infer(model, histories, cfg.k, cfg.steps, allowed, exclude_seen=True, temperature=cfg.temperature, remasking=cfg.remasking, batch_size=cfg.infer_batch_size, seed=cfg.seed, context=cfg.context)
     n_users, k = items.shape
     as_of = np.zeros(n_users, np.int64) if as_of is None else np.asarray(as_of, np.int64)
     return pl.DataFrame(

@@ -39,6 +39,9 @@ class GBRConfig(Strict):
     steps: int = Field(10, ge=1)
     temperature: float = Field(0.0, ge=0.0)  # 0 = argmax; > 0 samples with Gumbel noise on logits / temperature
     remasking: Literal["confidence", "random"] = "confidence"  # which slots to commit per round
+    # What the slots condition on: the last max_len - k history items, or the whole history read in pieces of
+    # that size whose predictions are averaged (long histories are then not truncated).
+    context: Literal["recent", "all"] = "recent"
     infer_batch_size: int = Field(512, ge=1)  # users per forward pass
     # The pipeline step (`reaseq gbr`): which behaviour GBR sees and when the ranker may use what it infers.
     # GBR learns from, and infers from, the first `as_of_frac` of each user's training events; the ranker reads

@@ -28,6 +28,24 @@ def slot_tokens(histories: Sequence[np.ndarray], k: int, max_len: int, mask_id: 
     return tokens, slots
 
 
+def history_pieces(histories: Sequence[np.ndarray], keep: int, context: Literal["recent", "all"]) -> tuple[list[np.ndarray], np.ndarray]:
+    """The history pieces the model reads and the user each belongs to: (pieces, owner [R]).
+
+    "recent": each history's last `keep` items (one piece per user). "all": the whole history cut into
+    pieces of `keep` items, newest first, so a long history is read in full instead of being truncated.
+    """
+    pieces: list[np.ndarray] = []
+    owner: list[int] = []
+    for user, history in enumerate(histories):
+        history = np.asarray(history, dtype=np.int64)
+        whole = context == "all" and 0 < keep < len(history)
+        ends = range(len(history), 0, -keep) if whole else [len(history)]
+        for end in ends:
+            pieces.append(history[max(0, end - keep) : end])
+            owner.append(user)
+    return pieces, np.asarray(owner, dtype=np.int64)
+
+
 def forbidden_items(histories: Sequence[np.ndarray], n_items: int, allowed: np.ndarray | None, exclude_seen: bool) -> torch.Tensor:
     """Bool [U, n_items + 1]: PAD, items outside `allowed`, and (optionally) each user's whole history."""
     forbid = torch.zeros((len(histories), n_items + 1), dtype=torch.bool)
@@ -56,9 +74,13 @@ def _check_inputs(model: MaskedDiffusionLM, histories: Sequence[np.ndarray], k: 
 @torch.no_grad()
 def _infer_batch(
     model: MaskedDiffusionLM, histories: Sequence[np.ndarray], k: int, steps: int, allowed: np.ndarray | None, exclude_seen: bool,
-    temperature: float, remasking: str, generator: torch.Generator,
+    temperature: float, remasking: str, generator: torch.Generator, context: Literal["recent", "all"],
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    tokens, slots = slot_tokens(histories, k, model.max_len, mask_token(model.n_items))
+    pieces, owner_np = history_pieces(histories, model.max_len - k, context)
+    tokens, slots = slot_tokens(pieces, k, model.max_len, mask_token(model.n_items))  # [R, L], [R, k]: R pieces
+    owner = torch.from_numpy(owner_np)  # [R] the user each piece belongs to
+    piece_rows = torch.arange(len(owner))
+    n_pieces = torch.bincount(owner, minlength=len(histories)).view(-1, 1, 1)  # [U, 1, 1]
     forbid = forbidden_items(histories, model.n_items, allowed, exclude_seen)  # [U, V]
     short = (~forbid).sum(dim=1) < k
     if short.any():
@@ -77,9 +99,12 @@ def _infer_batch(
         if remaining == 0:
             break
         n_commit = math.ceil(remaining / (steps - step))
-        hidden = model.hidden(tokens)  # [U, L, D]
-        hidden = hidden.gather(1, slots.unsqueeze(2).expand(-1, -1, hidden.shape[2]))  # [U, k, D]
-        logits = hidden @ head.T + bias  # [U, k, C]
+        hidden = model.hidden(tokens)  # [R, L, D]
+        hidden = hidden.gather(1, slots.unsqueeze(2).expand(-1, -1, hidden.shape[2]))  # [R, k, D]
+        piece_logp = torch.log_softmax(hidden @ head.T + bias, dim=-1)  # [R, k, C]
+        # A user read in several pieces gets the mean of their log-probabilities (a product of experts: an
+        # item must fit every part of the history); with one piece this is the piece's own distribution.
+        logits = torch.zeros((len(histories), k, len(candidates))).index_add_(0, owner, piece_logp) / n_pieces  # [U, k, C]
         probs = torch.softmax(logits, dim=-1).masked_fill(forbid.unsqueeze(1), 0.0)
         if temperature > 0:
             # Gumbel-max: picks item i with probability softmax(logits / temperature)_i.
@@ -97,7 +122,7 @@ def _infer_batch(
             items[users, slot] = candidates[column]
             confidence[users, slot] = slot_conf[users, slot].clamp(max=1.0)
             open_slot[users, slot] = False
-            tokens[users, slots[users, slot]] = candidates[column]
+            tokens[piece_rows, slots[piece_rows, slot[owner]]] = candidates[column[owner]]  # every piece of the user sees the pick
             forbid[users, column] = True
             mass -= probs[users, :, column]
             probs[users, :, column] = 0.0
@@ -116,10 +141,13 @@ def infer(
     remasking: Literal["confidence", "random"] = "confidence",
     batch_size: int = 512,
     seed: int = 0,
+    context: Literal["recent", "all"] = "recent",
 ) -> tuple[np.ndarray, np.ndarray]:
     """K inferred items per history and the probability each had when committed: (items [U, k], confidence [U, k]).
 
-    Each history is cut to its last max_len - k items and followed by k MASK slots. Every round predicts
+    Each history is cut to its last max_len - k items (context "recent") or read in full as pieces of
+    max_len - k items whose slot log-probabilities are averaged (context "all"), and followed by k MASK
+    slots. Every round predicts
     all open slots, forbids PAD, items outside `allowed`, the user's history (exclude_seen) and items
     already chosen, then commits the ceil(open / rounds left) most confident slots (or random ones) and
     leaves the rest masked for the next round. Confidence is the committed item's probability
@@ -131,7 +159,7 @@ def infer(
     items, confidence = [], []
     for offset in range(0, len(histories), batch_size):
         batch = histories[offset : offset + batch_size]
-        got_items, got_conf = _infer_batch(model, batch, k, steps, allowed, exclude_seen, temperature, remasking, generator)
+        got_items, got_conf = _infer_batch(model, batch, k, steps, allowed, exclude_seen, temperature, remasking, generator, context)
         items.append(got_items.numpy())
         confidence.append(got_conf.numpy())
     if not items:
