@@ -49,8 +49,9 @@ from reaseq.io import sha256_text
 
 # GBR settings of this benchmark (any GBRConfig field can be overridden with --gbr key=value).
 # max_len 200 with context "all": the history is read in full, in pieces of 180 items (a quarter of target users
-# have more than 138 on-platform events; see docs/protocols.md for the measured effect of both).
-BENCH_GBR: dict[str, Any] = {"max_len": 200, "context": "all", "batch_size": 32, "lr": 0.002, "loss_weight": "none", "response_frac": 0.5, "steps": 1, "patience": 5, "epochs": 1000}
+# have more than 138 on-platform events); ema_decay 0.999: selection and inference use the weights' moving average.
+# docs/protocols.md has the measured effect of each.
+BENCH_GBR: dict[str, Any] = {"max_len": 200, "context": "all", "ema_decay": 0.999, "batch_size": 32, "lr": 0.002, "loss_weight": "none", "response_frac": 0.5, "steps": 1, "patience": 5, "epochs": 1000}
 EVAL_EVERY_WINDOWS = 4000  # training windows between validation checks, for both GBR and SASRec
 
 
@@ -62,7 +63,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--protocol", action="append", default=[], help="BeyondLogConfig override, e.g. --protocol 'off_platform_genres=[Horror]'")
     parser.add_argument("--seeds", type=int, nargs="+", default=[2024], help="model seeds (the target users stay fixed)")
     parser.add_argument("--budget-s", type=float, default=300.0, help="training seconds for GBR and for SASRec each")
-    parser.add_argument("--steps-grid", type=int, nargs="+", default=[1, 2, 5, 10], help="unmasking rounds for the quality-vs-steps curve")
+    parser.add_argument("--steps-grid", type=int, nargs="+", default=[1, 2, 5, 10], help="unmasking rounds for the quality-vs-steps curve; GBR's row uses the one with the best recall on the validation users (with --select recall)")
     parser.add_argument("--sasrec-init", choices=["random", "svd"], default="random", help="SASRec item embeddings: its own random start, or GBR's SVD start")
     parser.add_argument("--sasrec-max-len", type=int, default=None, help="history items SASRec reads (default: the config's protocol.topk.max_len, 50 on ML-1M; 200 did worse there, see docs/protocols.md)")
     parser.add_argument("--ease-l2", type=float, nargs="+", default=[100.0, 300.0, 1000.0, 3000.0, 10000.0], help="EASE l2 grid, chosen on world users held out as validation targets")
@@ -116,15 +117,20 @@ def run_gbr(data: Any, split: BeyondLogSplit, cfg: GBRConfig, k: int, steps_grid
         visible, inner = selection
         generate = lambda m: lambda histories, allowed: infer(m, histories, k, cfg.steps, allowed, batch_size=cfg.infer_batch_size, seed=cfg.seed, context=cfg.context)[0]
         model, record = train_gbr(visible, inner.visible_rows, cfg, response_items=inner.off_platform, eval_every=EVAL_EVERY_WINDOWS, select=lambda m: selection_recall(generate(m), selection, k))
-    score = lambda items: evaluate_lists(items, split, k)
     grid = sorted(set(steps_grid) | {cfg.steps})
+    steps, steps_valid = cfg.steps, {}
+    if selection is not None:
+        # The number of unmasking rounds is an inference setting: chosen on the world users playing targets, like the round.
+        steps_valid = {s: selection_recall(lambda h, a: infer(model, h, k, s, a, batch_size=cfg.infer_batch_size, seed=cfg.seed, context=cfg.context)[0], selection, k) for s in grid}
+        steps = max(grid, key=lambda s: (steps_valid[s], -s))
+    score = lambda items: evaluate_lists(items, split, k)
     curve = quality_vs_steps(model, split.histories, k, grid, score, split.allowed, remasking=cfg.remasking, temperature=cfg.temperature, batch_size=cfg.infer_batch_size, seed=cfg.seed, context=cfg.context)
-    chosen = next(row for row in curve if row["steps"] == cfg.steps)
+    chosen = next(row for row in curve if row["steps"] == steps)
     metrics = {key: chosen[key] for key in (f"recall@{k}", f"ndcg@{k}", f"precision@{k}", "n", "validity", "duplicate_rate", "novelty", "mean_confidence")}
     return {
         "metrics": metrics, "quality_vs_steps": curve, "samples_per_s": record.tokens_per_s, "wall_s": time.perf_counter() - started,
         "train_s": record.wall_s, "best_round": record.fit.best_epoch, "rounds_run": record.fit.epochs_run, "valid_curve": record.curves.get("valid_loss", record.curves.get("valid_score")),
-        "train_tokens_per_pass": record.train_tokens, "infer_s": chosen["infer_s"],
+        "train_tokens_per_pass": record.train_tokens, "infer_s": chosen["infer_s"], "steps": steps, "steps_valid_recall": {str(s): v for s, v in steps_valid.items()},
     }
 
 
@@ -186,6 +192,7 @@ def main() -> None:
             extra = {key: [r[key] for r in per_seed] for key in ("train_s", "best_round", "rounds_run", "infer_s")}
         if name == "gbr":
             extra["quality_vs_steps"] = per_seed[0]["quality_vs_steps"]
+            extra.update({key: [r[key] for r in per_seed] for key in ("steps", "steps_valid_recall")})
             extra["config"] = GBRConfig.model_validate({**base_gbr, "seed": args.seeds[0]}).model_dump()
         if name == "ease":
             extra = {"l2": per_seed[0]["l2"], "valid_recall": per_seed[0]["valid_recall"]}
@@ -209,7 +216,8 @@ def main() -> None:
             f"From a target's on-platform sequence, generate {k} unseen off-platform items; recall@{k} = hits / min({k}, |hidden|), NDCG@{k} binary; "
             f"candidates = all {int(split.off_platform.sum())} off-platform items. GBR and SASRec train {args.budget_s:.0f} s each on {args.threads} thread(s), "
             + (f"keeping the round with the best recall@{k} on {len(selection[1].target_users)} world users playing targets (their off-platform events "
-               "hidden from training too); " if selection is not None else "keeping the round with the lowest held-out users' training loss; ")
+               f"hidden from training too); GBR's unmasking rounds chosen from {sorted(set(args.steps_grid) | {gbr_defaults.steps})} on the same users; "
+               if selection is not None else f"keeping the round with the lowest held-out users' training loss; GBR unmasks in {gbr_defaults.steps} round(s); ")
             + f"EASE's l2 chosen from {args.ease_l2} on the same world users, then refitted on the whole visible corpus."
         ),
         "n_target_users": len(split.target_users), "n_off_platform_items": int(split.off_platform.sum()), "visible_events": int(split.visible_rows.sum()),

@@ -170,3 +170,19 @@ def test_a_select_score_replaces_the_validation_loss_for_choosing_the_round(chai
     model, record = train_gbr(chains, np.ones(len(chains.items), dtype=bool), tiny_gbr(epochs=4, patience=4), select=select)
     assert len(seen) == 4 and all(m is model for m in seen)
     assert record.fit.best_epoch == 1 and record.curves["valid_score"] == [0.1, 0.7, 0.3, 0.2] and "valid_loss" not in record.curves
+
+
+def test_ema_weights_are_the_ones_selected_and_returned(chains: SequenceData) -> None:
+    rows = np.ones(len(chains.items), dtype=bool)
+    torch.manual_seed(0)
+    start = MaskedDiffusionLM(chains.n_items, tiny_gbr()).state_dict()  # train_gbr seeds the same start
+    frozen, _ = train_gbr(chains, rows, tiny_gbr(epochs=3, ema_decay=0.999999))
+    moved, _ = train_gbr(chains, rows, tiny_gbr(epochs=3))
+    drift = lambda model: max(float((model.state_dict()[name] - start[name]).abs().max()) for name in start)
+    assert drift(frozen) < 1e-3 < drift(moved)  # an average that barely follows training stays at the start
+
+    model, record = train_gbr(chains, rows, tiny_gbr(epochs=25, ema_decay=0.9))
+    histories = [np.array([chain_item(c, s), chain_item(c, s + 1), chain_item(c, s + 2)]) for c in range(5) for s in range(CHAIN_LEN)]
+    items, _ = infer(model, histories, k=2, steps=2)
+    same_chain = (items - 1) // CHAIN_LEN == np.array([(h[0] - 1) // CHAIN_LEN for h in histories])[:, None]
+    assert same_chain.mean() > 0.8 and record.fit.best_epoch > 0

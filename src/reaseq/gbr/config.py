@@ -25,6 +25,9 @@ class GBRConfig(Strict):
     batch_size: int = Field(64, ge=1)  # windows per optimiser step
     lr: float = Field(1e-3, gt=0.0)
     weight_decay: float = Field(0.0, ge=0.0)
+    # > 0: selection, inference and the saved weights use an exponential moving average of the trained weights
+    # (updated after every step with this decay), which smooths the round-to-round noise of small-batch training.
+    ema_decay: float = Field(0.0, ge=0.0, lt=1.0)
     eps: float = Field(1e-3, gt=0.0, lt=1.0)  # lower end of the masking ratio: keeps the 1/t weight finite
     loss_weight: Literal["inverse_t", "none"] = "inverse_t"  # LLaDA's 1/t weight on masked tokens, or a plain mean
     response_frac: float = Field(0.0, ge=0.0, le=1.0)  # share of windows trained as prompt/response pairs (LLaDA SFT)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from collections.abc import Callable
@@ -230,6 +231,9 @@ def train_gbr(
     ctx = distributed.init_from_env(cfg.device)  # under torchrun: join the group (and pick this rank's GPU) before moving the model
     model.to(cfg.device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # With ema_decay the optimiser trains `model` while `kept` (what is validated, selected and returned) follows
+    # its moving average; without it they are the same module.
+    kept = copy.deepcopy(model) if cfg.ema_decay > 0 else model
     next_round = round_sampler(len(train_idx), eval_every, generator)
     response = None if response_items is None else torch.from_numpy(_checked_items(response_items, data.n_items))
     # Under DDP (torchrun) the loss runs as the forward of the wrapped objective, so gradients are averaged over
@@ -251,17 +255,22 @@ def train_gbr(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            if kept is not model:
+                with torch.no_grad():
+                    for average, weight in zip(kept.parameters(), model.parameters()):
+                        average.lerp_(weight, 1.0 - cfg.ema_decay)
             total, tokens_seen, batches = total + loss.item(), tokens_seen + n_tokens, batches + 1
         return distributed.all_reduce_mean(total / max(batches, 1), ctx), int(distributed.all_reduce_sum(tokens_seen, ctx))
 
     def validate() -> float:
         if select is not None:
-            return distributed.all_reduce_mean(select(model), ctx)
+            return distributed.all_reduce_mean(select(kept), ctx)
         # Every rank scores all validation windows; the mean keeps early stopping bit-identical across ranks.
-        return -distributed.all_reduce_mean(validation_loss(model, windows, cfg, response), ctx)
+        return -distributed.all_reduce_mean(validation_loss(kept, windows, cfg, response), ctx)
 
     schedule = TrainConfig(epochs=cfg.epochs, patience=cfg.patience, time_budget_s=cfg.time_budget_s, progress=False)
-    result = fit(model, train_round, validate, schedule)
+    result = fit(kept, train_round, validate, schedule)
+    model = kept
     record = GBRTrainResult(
         fit=result, train_windows=len(train_idx), valid_windows=int(windows.is_valid.sum()),
         train_tokens=int((windows.end - windows.start)[~windows.is_valid].sum()), wall_s=time.perf_counter() - started,
