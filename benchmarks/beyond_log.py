@@ -111,17 +111,21 @@ def run_ease(data: Any, split: BeyondLogSplit, protocol_cfg: BeyondLogConfig, gr
 def run_gbr(data: Any, split: BeyondLogSplit, cfg: GBRConfig, k: int, steps_grid: list[int], selection: Selection) -> dict[str, Any]:
     """Train GBR on the visible corpus, generate K off-platform items per target, and sweep the number of rounds."""
     started = time.perf_counter()
+
+    def valid_recall(model: Any, steps: int) -> float:
+        lists = lambda histories, allowed: infer(model, histories, k, steps, allowed, batch_size=cfg.infer_batch_size, seed=cfg.seed, context=cfg.context)[0]
+        return selection_recall(lists, selection, k)
+
     if selection is None:
         model, record = train_gbr(data, split.visible_rows, cfg, response_items=split.off_platform, eval_every=EVAL_EVERY_WINDOWS)
     else:
         visible, inner = selection
-        generate = lambda m: lambda histories, allowed: infer(m, histories, k, cfg.steps, allowed, batch_size=cfg.infer_batch_size, seed=cfg.seed, context=cfg.context)[0]
-        model, record = train_gbr(visible, inner.visible_rows, cfg, response_items=inner.off_platform, eval_every=EVAL_EVERY_WINDOWS, select=lambda m: selection_recall(generate(m), selection, k))
+        model, record = train_gbr(visible, inner.visible_rows, cfg, response_items=inner.off_platform, eval_every=EVAL_EVERY_WINDOWS, select=lambda m: valid_recall(m, cfg.steps))
     grid = sorted(set(steps_grid) | {cfg.steps})
     steps, steps_valid = cfg.steps, {}
     if selection is not None:
         # The number of unmasking rounds is an inference setting: chosen on the world users playing targets, like the round.
-        steps_valid = {s: selection_recall(lambda h, a: infer(model, h, k, s, a, batch_size=cfg.infer_batch_size, seed=cfg.seed, context=cfg.context)[0], selection, k) for s in grid}
+        steps_valid = {s: valid_recall(model, s) for s in grid}
         steps = max(grid, key=lambda s: (steps_valid[s], -s))
     score = lambda items: evaluate_lists(items, split, k)
     curve = quality_vs_steps(model, split.histories, k, grid, score, split.allowed, remasking=cfg.remasking, temperature=cfg.temperature, batch_size=cfg.infer_batch_size, seed=cfg.seed, context=cfg.context)

@@ -19,6 +19,7 @@ import polars as pl
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, command_line  # noqa: E402
 
+from reaseq import pipeline  # noqa: E402
 from reaseq.config import load_config  # noqa: E402
 from reaseq.io import write_json  # noqa: E402
 from reaseq.knowledge.agents import not_generated  # noqa: E402
@@ -44,15 +45,17 @@ def main() -> None:
     if not records_file.is_file():
         raise SystemExit(f"{records_file} not found: run `reaseq knowledge` (or a replay-only run) on {args.run_dir} first")
     records = read_jsonl(records_file, KnowledgeRecord)
-    items = pl.read_parquet(args.run_dir / "data" / "items.parquet")
-    counts = pl.read_parquet(args.run_dir / "data" / "interactions.parquet").group_by("item_idx").len()
+    data_dir = args.run_dir / pipeline.DATA_DIR
+    items = pl.read_parquet(data_dir / "items.parquet")
+    counts = pl.read_parquet(data_dir / "interactions.parquet").group_by("item_idx").len()
     per_item = dict(zip(items["item_id"], items.join(counts, on="item_idx", how="left")["len"].fill_null(0)))
     total = sum(per_item.values())
 
     items_by, events_by = Counter(), Counter()
     for record in records:
-        items_by[state(record)] += 1
-        events_by[state(record)] += per_item[record.item_id]
+        record_state = state(record)
+        items_by[record_state] += 1
+        events_by[record_state] += per_item[record.item_id]
     ok = [r for r in records if r.status == "ok"]
     titles = dict(zip(items["item_id"], items["title"]))
     texts = Counter(r.text for r in ok)

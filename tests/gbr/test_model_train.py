@@ -118,6 +118,21 @@ def test_windows_cover_the_allowed_rows_only(chains: SequenceData) -> None:
         build_windows(chains, np.ones(3, dtype=bool), tiny_gbr())
 
 
+# Histories of three consecutive items of each chain, from every start: a model that learnt the chains continues them.
+CHAIN_HISTORIES = [np.array([chain_item(c, s), chain_item(c, s + 1), chain_item(c, s + 2)]) for c in range(5) for s in range(CHAIN_LEN)]
+
+
+def chain_continuations(model: MaskedDiffusionLM) -> np.ndarray:
+    """Two inferred items [H, 2] after each of CHAIN_HISTORIES."""
+    return infer(model, CHAIN_HISTORIES, k=2, steps=2)[0]
+
+
+def same_chain_share(items: np.ndarray) -> float:
+    """Share of inferred items on the chain of their history."""
+    chain_of_history = np.array([(h[0] - 1) // CHAIN_LEN for h in CHAIN_HISTORIES])[:, None]
+    return float(((items - 1) // CHAIN_LEN == chain_of_history).mean())
+
+
 def test_training_lowers_the_loss_and_learns_the_chains(chains: SequenceData, tmp_path: Path) -> None:
     cfg = tiny_gbr(epochs=25)
     rows = np.ones(len(chains.items), dtype=bool)
@@ -128,15 +143,12 @@ def test_training_lowers_the_loss_and_learns_the_chains(chains: SequenceData, tm
     assert record.fit.best_epoch > 0  # later rounds improved on the first one
     assert record.tokens_per_s > 0 and record.train_windows > record.valid_windows > 0
 
-    # A history of three consecutive chain items: the slots should continue that chain.
-    histories = [np.array([chain_item(c, s), chain_item(c, s + 1), chain_item(c, s + 2)]) for c in range(5) for s in range(CHAIN_LEN)]
-    items, _ = infer(model, histories, k=2, steps=2)
-    same_chain = (items - 1) // CHAIN_LEN == np.array([(h[0] - 1) // CHAIN_LEN for h in histories])[:, None]
-    assert same_chain.mean() > 0.8  # chance is about 5 / 37
+    items = chain_continuations(model)
+    assert same_chain_share(items) > 0.8  # chance is about 5 / 37
 
     loaded, loaded_cfg = load_gbr(tmp_path / "gbr.pt")
     assert loaded_cfg == cfg
-    assert np.array_equal(infer(loaded, histories, k=2, steps=2)[0], items)
+    assert np.array_equal(chain_continuations(loaded), items)
 
 
 def test_collaborative_init_places_co_used_items_together(chains: SequenceData) -> None:
@@ -182,7 +194,4 @@ def test_ema_weights_are_the_ones_selected_and_returned(chains: SequenceData) ->
     assert drift(frozen) < 1e-3 < drift(moved)  # an average that barely follows training stays at the start
 
     model, record = train_gbr(chains, rows, tiny_gbr(epochs=25, ema_decay=0.9))
-    histories = [np.array([chain_item(c, s), chain_item(c, s + 1), chain_item(c, s + 2)]) for c in range(5) for s in range(CHAIN_LEN)]
-    items, _ = infer(model, histories, k=2, steps=2)
-    same_chain = (items - 1) // CHAIN_LEN == np.array([(h[0] - 1) // CHAIN_LEN for h in histories])[:, None]
-    assert same_chain.mean() > 0.8 and record.fit.best_epoch > 0
+    assert same_chain_share(chain_continuations(model)) > 0.8 and record.fit.best_epoch > 0
