@@ -9,7 +9,8 @@ with sparse-user / long-tail subsets and a cold-start experiment (10% of the ite
     python benchmarks/ctr_rer.py --dataset ml-1m --train-plan --jobs 16 --set train.device=cuda   # ... trained on a GPU
 
 Knowledge sources: `metadata` (the items' title, year and genres as text), `llm` (records of the knowledge step; items
-without an ok record fall back to their metadata unless --llm-only),
+without an ok record fall back to their metadata unless --llm-only), `llm_meta` (the same records, each answer after
+its item's metadata: title and year kept, the catalogue's genres over the model's),
 `agent4rec` (Agent4Rec's LLM-written movie summaries) and `tml1m` (plot, director and cast of the ML-1M movies);
 the last two are read from --reference-dir and matched to our item ids by title (reported), never copied here.
 Every row trains with the config's epochs / lr / patience (an equal tuning budget) and selects on valid AUC.
@@ -48,7 +49,7 @@ from reaseq.represent.tables import load_tables  # noqa: E402
 
 METRICS = ["auc", "gauc", "logloss"]
 CONFIGS = {"ml-100k": "ml-100k.yaml", "ml-1m": "ml-1m-ctr.yaml"}
-SOURCES = ["metadata", "llm", "agent4rec", "tml1m"]
+SOURCES = ["metadata", "llm", "llm_meta", "agent4rec", "tml1m"]
 # Row name -> ModelConfig fields on top of the base DIN.
 VARIANTS: dict[str, dict[str, Any]] = {
     "din": {},
@@ -115,15 +116,17 @@ def source_records(source: str, items: pl.DataFrame, args: argparse.Namespace, f
     if source == "metadata":
         records = metadata_records(items)
         return write_jsonl(folder / "metadata.jsonl", records), {"catalogue": len(our_ids), "ok_records": sum(r.status == "ok" for r in records)}
-    if source == "llm":
+    if source in ("llm", "llm_meta"):
         if args.llm_records is None or not args.llm_records.is_file():
             return None, {"skipped": f"no --llm-records file ({args.llm_records})"}
         llm = read_jsonl(args.llm_records, KnowledgeRecord)
-        if args.llm_only:
+        if args.llm_only and source == "llm":
             return args.llm_records, {"path": str(args.llm_records), "catalogue": len(our_ids), "ok_records": sum(r.status == "ok" for r in llm)}
-        # A partly generated catalogue (or items the model failed on) falls back to the items' metadata, as the demo does.
-        merged, counts = with_metadata_fallback(llm, items)
-        return write_jsonl(folder / "llm_with_metadata.jsonl", merged), {"path": str(args.llm_records), "catalogue": len(our_ids), **counts}
+        # A partly generated catalogue (or items the model failed on) falls back to the items' metadata, as the demo
+        # does; llm_meta also keeps the metadata in front of every answer (with_metadata_fallback's keep_metadata).
+        merged, counts = with_metadata_fallback(llm, items, keep_metadata=source == "llm_meta")
+        file = "llm_with_metadata.jsonl" if source == "llm" else "llm_metadata_first.jsonl"
+        return write_jsonl(folder / file, merged), {"path": str(args.llm_records), "catalogue": len(our_ids), **counts}
     agent4rec = args.reference_dir / AGENT4REC_FILE
     if not agent4rec.is_file():
         return None, {"skipped": f"{agent4rec} is absent"}

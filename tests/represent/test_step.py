@@ -68,6 +68,26 @@ def test_metadata_fallback_keeps_ok_answers_and_fills_the_rest() -> None:
     assert counts == {"knowledge": 1, "metadata_fallback": 2}
 
 
+def test_keep_metadata_puts_the_catalogue_facts_before_the_answer() -> None:
+    items = pl.DataFrame({"item_id": ["a", "b", "c"], "title": ["Alien", "Heat", "Ran"], "genres": [["Horror"], ["Crime"], ["Drama"]]})
+    llm = [
+        KnowledgeRecord(item_id="a", fields={"genres": ["Comedy"], "mood": "dread"}, text="genres: Comedy\nmood: dread", model_id="smollm2", source="generated"),
+        KnowledgeRecord(item_id="b", fields={"genres": ["Action"]}, text="genres: Action", model_id="smollm2", source="generated"),
+        KnowledgeRecord(item_id="c", text="a samurai epic", model_id="importer", source="imported"),
+    ]
+    merged, counts = with_metadata_fallback(llm, items, keep_metadata=True)
+    texts = {r.item_id: r.text for r in merged}
+    # The model's wrong genre gives way to the catalogue's; what it adds (mood) follows the metadata.
+    assert texts["a"] == "title: Alien\ngenres: Horror\nmood: dread"
+    assert merged[0].fields == {"title": "Alien", "genres": ["Horror"], "mood": "dread"} and merged[0].model_id == "smollm2"
+    assert texts["b"] == "title: Heat\ngenres: Crime"  # nothing beyond the metadata
+    assert texts["c"] == "title: Ran\ngenres: Drama\na samurai epic"  # a text without fields is kept whole
+    assert counts == {"knowledge": 3, "metadata_fallback": 0}
+    # Without keep_metadata the answers replace the metadata, as before.
+    plain, _ = with_metadata_fallback(llm, items)
+    assert plain[0].text == "genres: Comedy\nmood: dread"
+
+
 def test_records_map_to_item_indices_through_the_items_table() -> None:
     items = pl.DataFrame({"item_idx": [1, 2], "item_id": ["x", "y"]})
     records = [

@@ -61,12 +61,34 @@ def metadata_records(items: pl.DataFrame, fields: Sequence[str] = METADATA_FIELD
     return records
 
 
-def with_metadata_fallback(records: Sequence[KnowledgeRecord], items: pl.DataFrame) -> tuple[list[KnowledgeRecord], dict[str, int]]:
-    """One record per catalogue item: its ok record from `records`, else its metadata record; and the counts of each."""
+def with_metadata_fallback(
+    records: Sequence[KnowledgeRecord], items: pl.DataFrame, keep_metadata: bool = False
+) -> tuple[list[KnowledgeRecord], dict[str, int]]:
+    """One record per catalogue item: its ok record from `records`, else its metadata record; and the counts of each.
+
+    keep_metadata: an answered item's text is its metadata followed by the fields the metadata lacks, so the
+    encoder still sees the title and year and the catalogue's genres win over the model's guesses.
+    """
     answered = {r.item_id: r for r in records if r.status == "ok"}
-    merged = [answered.get(r.item_id, r) for r in metadata_records(items)]
+    merged = []
+    for meta in metadata_records(items):
+        record = answered.get(meta.item_id)
+        if record is not None and keep_metadata and meta.status == "ok":
+            record = _metadata_first(meta, record)
+        merged.append(record or meta)
     used = sum(1 for r in merged if r.item_id in answered)
     return merged, {"knowledge": used, "metadata_fallback": len(merged) - used}
+
+
+def _metadata_first(meta: KnowledgeRecord, record: KnowledgeRecord) -> KnowledgeRecord:
+    """`record` with `meta`'s fields and text in front; its own fields that `meta` also has are dropped."""
+    if record.fields:
+        extra = {name: value for name, value in record.fields.items() if name not in meta.fields}
+        added = render_text(extra, list(record.fields))
+    else:  # an imported text without fields: kept whole
+        extra, added = {}, record.text
+    text = f"{meta.text}\n{added}" if added else meta.text
+    return record.model_copy(update={"fields": {**meta.fields, **extra}, "text": text})
 
 
 def collab_from_checkpoint(run_dir: str | Path, seed: int) -> np.ndarray:
