@@ -147,6 +147,24 @@ def test_excluded_items_get_gate_zero_and_named_tables_sit_beside(run: RunDir, t
     assert np.all(tables.gate[excluded] == 0) and tables.gate[4:].max() > 0 and tables.has_knowledge[excluded].all()
 
 
+def test_keep_metadata_fills_every_item_and_redoes_only_when_on(run: RunDir, tmp_path: Path) -> None:
+    answered = [str(i) for i in _items(run)["item_id"][:12]]
+    answers = [KnowledgeRecord(item_id=i, fields={"mood": f"mood {n}"}, text=f"mood: mood {n}", model_id="m", source="generated") for n, i in enumerate(answered)]
+    records = write_jsonl(tmp_path / "llm.jsonl", answers)
+    plain = load_tables(run_embed(run, records))
+    assert plain.has_knowledge[1:].sum() == len(answered)  # the answers alone: the other items have no text
+    key = run.manifest["steps"]["embed"]["key"]
+    # keep_metadata off is the default and leaves the step key as it was.
+    assert run_embed(RunDir(run.root, run.config), records) and run.manifest["steps"]["embed"]["key"] == key
+    on = run.config.model_copy(update={"represent": REPRESENT.model_copy(update={"keep_metadata": True})})
+    kept_run = RunDir(run.root, on)
+    tables = load_tables(run_embed(kept_run, records))
+    metrics = kept_run.manifest["steps"]["embed"]["metrics"]
+    assert kept_run.manifest["steps"]["embed"]["key"] != key
+    assert tables.has_knowledge[1:].all() and metrics["records_knowledge"] == len(answered)
+    assert metrics["records_metadata_fallback"] == len(_items(run)) - len(answered)
+
+
 def test_collaborative_vectors_from_a_trained_din(run: RunDir, tmp_path: Path) -> None:
     data, samples, _ = pipeline.load_data(run)
     seed_dir = run.root / "train" / "seed0"

@@ -73,3 +73,7 @@ class RepresentConfig(Strict):
     collaborative: Literal["model", "cooccurrence"] = "cooccurrence"
     cooccurrence_dim: int = Field(64, ge=1)
     cooccurrence_window: int = Field(5, ge=1)  # items at most this many steps apart in a user's sequence co-occur
+    # Encode each item's metadata (title, year, genres) in front of its knowledge, the catalogue's own fields winning
+    # over the model's, and metadata alone where there is no answer. A small LLM's record on its own drops the title
+    # and year and often gets the genres wrong (docs/rer.md, the `llm_meta` rows).
+    keep_metadata: bool = False

@@ -185,8 +185,11 @@ def run_embed(
     out = tables_path(run, name)
     active = cfg.protocol.ctr if cfg.protocol.name == "ctr" else cfg.protocol.topk
     section = {
-        # Progress bars change nothing in the tables: toggling them must not invalidate the step.
-        "represent": cfg.represent.model_dump(mode="json", exclude={part: {"progress"} for part in ("encoder", "align", "semantic_ids")}),
+        # Progress bars change nothing in the tables: toggling them must not invalidate the step. keep_metadata off
+        # stays out of the key, so tables built before the option existed are still up to date.
+        "represent": cfg.represent.model_dump(
+            mode="json", exclude={**{part: {"progress"} for part in ("encoder", "align", "semantic_ids")}, **({} if cfg.represent.keep_metadata else {"keep_metadata": True})}
+        ),
         "protocol": {"name": cfg.protocol.name, **active.model_dump()},
         "collab_sha256": _hash_array(collab),
         "exclude_items_sha256": _hash_array(None if exclude_items is None else np.sort(np.asarray(exclude_items, np.int64))),
@@ -202,7 +205,12 @@ def run_embed(
     with run.step(step, key) as record:
         data = load_prepared(data_dir)
         items = pl.read_parquet(data_dir / "items.parquet")
-        texts, counts = texts_by_item(read_jsonl(records_path, KnowledgeRecord), items, records_path)
+        records = read_jsonl(records_path, KnowledgeRecord)
+        merge_counts: dict[str, int] = {}
+        if cfg.represent.keep_metadata:
+            records, merge_counts = with_metadata_fallback(records, items, keep_metadata=True)
+        texts, counts = texts_by_item(records, items, records_path)
+        counts.update(merge_counts)
         seq, rows = _protocol_rows(run, data)
         if exclude_items is not None:
             is_excluded = np.zeros(data.n_items + 1, bool)
