@@ -86,6 +86,11 @@ def test_keep_metadata_puts_the_catalogue_facts_before_the_answer() -> None:
     # Without keep_metadata the answers replace the metadata, as before.
     plain, _ = with_metadata_fallback(llm, items)
     assert plain[0].text == "genres: Comedy\nmood: dread"
+    # Records merged upstream (answers plus metadata fallback) merge again to the same texts and counts.
+    upstream, _ = with_metadata_fallback(llm[:1], items)
+    again, again_counts = with_metadata_fallback(upstream, items, keep_metadata=True)
+    assert [r.text for r in again] == ["title: Alien\ngenres: Horror\nmood: dread", "title: Heat\ngenres: Crime", "title: Ran\ngenres: Drama"]
+    assert again_counts == {"knowledge": 1, "metadata_fallback": 2}
 
 
 def test_records_map_to_item_indices_through_the_items_table() -> None:

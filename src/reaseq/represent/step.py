@@ -76,7 +76,8 @@ def with_metadata_fallback(
         if record is not None and keep_metadata and meta.status == "ok":
             record = _metadata_first(meta, record)
         merged.append(record or meta)
-    used = sum(1 for r in merged if r.item_id in answered)
+    # Counted by model, not by membership: records that are themselves metadata (a merge done upstream) are fallback.
+    used = sum(1 for r in merged if r.model_id != METADATA_MODEL_ID)
     return merged, {"knowledge": used, "metadata_fallback": len(merged) - used}
 
 
