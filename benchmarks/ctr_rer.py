@@ -282,6 +282,9 @@ def main() -> None:
         train_plan(work, args)
         return
     quiet = [f"represent.{part}.progress=false" for part in ("encoder", "align", "semantic_ids")]
+    # Each source decides its own texts (`llm` the answers alone, `llm_meta` after the metadata): the config's
+    # keep_metadata must not merge them again.
+    quiet.append("represent.keep_metadata=false")
     run = open_run(config, [*quiet, *args.overrides, f"train.num_threads={args.threads}"], work / "run")
     cfg = run.config
     data, samples, _ = pipeline.load_data(run)
