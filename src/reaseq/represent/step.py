@@ -207,11 +207,12 @@ def run_embed(
         data = load_prepared(data_dir)
         items = pl.read_parquet(data_dir / "items.parquet")
         records = read_jsonl(records_path, KnowledgeRecord)
-        merge_counts: dict[str, int] = {}
-        if cfg.represent.keep_metadata:
-            records, merge_counts = with_metadata_fallback(records, items, keep_metadata=True)
+        # The file's own records are checked and counted first (duplicates, unmatched ids), then merged if asked.
         texts, counts = texts_by_item(records, items, records_path)
-        counts.update(merge_counts)
+        if cfg.represent.keep_metadata:
+            merged, merge_counts = with_metadata_fallback(records, items, keep_metadata=True)
+            texts, _ = texts_by_item(merged, items, records_path)
+            counts.update(merge_counts)
         seq, rows = _protocol_rows(run, data)
         if exclude_items is not None:
             is_excluded = np.zeros(data.n_items + 1, bool)
