@@ -168,11 +168,11 @@ def test_keep_metadata_fills_every_item_and_redoes_only_when_on(run: RunDir, tmp
     assert kept_run.manifest["steps"]["embed"]["key"] != key
     assert tables.has_knowledge[1:].all() and metrics["records_knowledge"] == len(answered)
     assert metrics["records_matched"] == len(answered)  # the file's own records, counted before the merge
+    assert metrics["records_metadata_fallback"] == len(_items(run)) - len(answered)
     # The merge keeps one record per item, so a file with two answers for one item must still be refused.
     twice = write_jsonl(tmp_path / "twice.jsonl", [*answers, answers[0]])
     with pytest.raises(InputError, match="two ok records"):
         run_embed(kept_run, twice, name="twice")
-    assert metrics["records_metadata_fallback"] == len(_items(run)) - len(answered)
 
 
 def test_collaborative_vectors_from_a_trained_din(run: RunDir, tmp_path: Path) -> None:

@@ -185,12 +185,13 @@ def run_embed(
     step = "embed" if name == DEFAULT_NAME else f"embed_{name}"
     out = tables_path(run, name)
     active = cfg.protocol.ctr if cfg.protocol.name == "ctr" else cfg.protocol.topk
+    # Progress bars change nothing in the tables: toggling them must not invalidate the step. keep_metadata off
+    # stays out of the key, so tables built before the option existed are still up to date.
+    unkeyed: dict[str, Any] = {part: {"progress"} for part in ("encoder", "align", "semantic_ids")}
+    if not cfg.represent.keep_metadata:
+        unkeyed["keep_metadata"] = True
     section = {
-        # Progress bars change nothing in the tables: toggling them must not invalidate the step. keep_metadata off
-        # stays out of the key, so tables built before the option existed are still up to date.
-        "represent": cfg.represent.model_dump(
-            mode="json", exclude={**{part: {"progress"} for part in ("encoder", "align", "semantic_ids")}, **({} if cfg.represent.keep_metadata else {"keep_metadata": True})}
-        ),
+        "represent": cfg.represent.model_dump(mode="json", exclude=unkeyed),
         "protocol": {"name": cfg.protocol.name, **active.model_dump()},
         "collab_sha256": _hash_array(collab),
         "exclude_items_sha256": _hash_array(None if exclude_items is None else np.sort(np.asarray(exclude_items, np.int64))),
