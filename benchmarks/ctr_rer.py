@@ -39,6 +39,7 @@ from reaseq.data.cold import cold_split  # noqa: E402
 from reaseq.data.dataset import load_prepared  # noqa: E402
 from reaseq.data.protocols import TEST, load_ctr_samples  # noqa: E402
 from reaseq.evaluate.aggregate import aggregate_runs, format_mean_sd, mean_sd  # noqa: E402
+from reaseq.evaluate.slices import POPULARITY_SLICE  # noqa: E402
 from reaseq.io import write_json, write_with  # noqa: E402
 from reaseq.knowledge.config import ImportConfig  # noqa: E402
 from reaseq.knowledge.importer import import_knowledge  # noqa: E402
@@ -59,6 +60,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
 }
 COLD_VARIANTS = ["din", "din_text", "din_rer"]
 PLAN_FILE = "plan.json"
+BUCKET_PREFIX = "item_popularity="  # gain(): a target-item popularity bucket instead of a test subset
 AGENT4REC_FILE = "agent4rec_movies_augmentation.csv"
 TML1M_FILE = "tml1m_movies.csv"
 
@@ -80,6 +82,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--tag", default="", help="suffix of the din_rer row names and cache files (for variants made with --rer-set)")
     parser.add_argument("--sparse-history", type=int, default=50, help="sparse-user subset: test samples with at most this many earlier events")
     parser.add_argument("--long-tail", type=int, default=100, help="long-tail subset: target items with at most this many training samples")
+    parser.add_argument("--min-bucket-samples", type=int, default=1000, help="paired gains per target-item popularity bucket only for buckets with at least this many test samples")
     parser.add_argument("--cold-sources", nargs="*", choices=SOURCES, default=["metadata"], help="sources of the cold-start experiment (none: skip it)")
     parser.add_argument("--cold-frac", type=float, default=0.1)
     parser.add_argument("--cold-seed", type=int, default=0)
@@ -163,26 +166,55 @@ def variant_config(cfg: RunConfig, variant: str, rer_overrides: list[str]) -> Ru
     return cfg.model_copy(update={"model": model})
 
 
+def popularity_buckets(results: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Test AUC / GAUC per target-item popularity bucket (training samples of the target), over seeds.
+
+    A bucket whose metric is undefined in some seed (one class only) is left out of that metric.
+    """
+    per_bucket: dict[str, list[dict[str, Any]]] = {}
+    for result in results:
+        for bucket in result["test"]["slices"][POPULARITY_SLICE]:
+            per_bucket.setdefault(bucket["bucket"], []).append({"count": bucket["count"], **bucket["metrics"]})
+    out: dict[str, dict[str, Any]] = {}
+    for name, seeds in per_bucket.items():
+        if len(seeds) != len(results):
+            continue
+        out[name] = {"count": seeds[0]["count"]}
+        for metric in ("auc", "gauc"):
+            if all(s.get(metric) is not None for s in seeds):
+                out[name][metric] = mean_sd([s[metric] for s in seeds])
+    return out
+
+
 def summarise_row(name: str, results: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
-    """One benchmark row: test metrics over seeds, valid AUC, subsets over seeds and the first seed's slices."""
+    """One benchmark row: test metrics over seeds, valid AUC, subsets and popularity buckets over seeds, curves, slices."""
     subsets = {}
     for subset in results[0].get("test_subsets", {}):
         subsets[subset] = aggregate_runs([r["test_subsets"][subset]["metrics"] for r in results])
     return make_row(
         name, [r["test"]["metrics"] for r in results], [r["train_samples_per_s"] for r in results], [r["wall_s"] for r in results],
-        best_epochs=[r["best_epoch"] for r in results], valid={m: [r["valid"]["metrics"][m] for r in results] for m in METRICS},
-        subsets=subsets, slices=results[0]["test"]["slices"], **extra,
+        best_epochs=[r["best_epoch"] for r in results], epochs_run=[r["epochs_run"] for r in results],
+        valid={m: [r["valid"]["metrics"][m] for r in results] for m in METRICS}, valid_curves=[r["curves"]["valid"] for r in results],
+        subsets=subsets, popularity_buckets=popularity_buckets(results), slices=results[0]["test"]["slices"], **extra,
     )
 
 
 def gain(rows: dict[str, dict[str, Any]], better: str, base: str, subset: str | None, metric: str) -> dict[str, Any] | None:
-    """Mean gain of `better` over `base` (paired by seed) and whether it exceeds 2 sd (of either row and of the pairs)."""
+    """Mean gain of `better` over `base` (paired by seed) and whether it exceeds 2 sd (of either row and of the pairs).
+
+    `subset`: None (the whole test split), a test subset's name, or BUCKET_PREFIX + an item-popularity bucket.
+    """
     if better not in rows or base not in rows:
         return None
 
     def values(row: dict[str, Any]) -> list[float]:
-        block = row["metrics"] if subset is None else row["subsets"].get(subset)
-        return block[metric]["values"] if block else []
+        if subset is None:
+            block = row["metrics"]
+        elif subset.startswith(BUCKET_PREFIX):
+            block = row.get("popularity_buckets", {}).get(subset.removeprefix(BUCKET_PREFIX))
+        else:
+            block = row["subsets"].get(subset)
+        return block[metric]["values"] if block and metric in block else []
 
     a, b = values(rows[better]), values(rows[base])
     if not a or len(a) != len(b):
@@ -359,8 +391,10 @@ def main() -> None:
     gains: dict[str, Any] = {}
     for source in sources_records:
         rer = f"din_rer{tag}[{source}]"
+        # Paired gains only for buckets with enough test samples: a GAUC over a few dozen samples is noise.
+        buckets = [BUCKET_PREFIX + b for b, block in by_name.get(rer, {}).get("popularity_buckets", {}).items() if block["count"] >= args.min_bucket_samples]
         for base in ("din", f"din_text[{source}]", f"kar[{source}]"):
-            for subset in (None, "sparse_users", "long_tail"):
+            for subset in (None, "sparse_users", "long_tail", *buckets):
                 for metric in ("auc", "gauc"):
                     result = gain(by_name, rer, base, subset, metric)
                     if result is not None:
@@ -378,6 +412,8 @@ def main() -> None:
         "din": cfg.model.model_dump(mode="json"), "train": cfg.train.model_dump(exclude={"seeds", "progress"}),
         "represent": cfg.represent.model_dump(mode="json"), "rer_overrides": args.rer_set,
         "subsets": {"sparse_users": f"test samples with <= {args.sparse_history} earlier events", "long_tail": f"target items with <= {args.long_tail} training samples"},
+        "popularity_buckets": "test samples by their target item's training samples (the item_popularity slice's edges), over seeds; "
+                              f"paired gains only for buckets with >= {args.min_bucket_samples} test samples",
         "cold_start": {**cold_info, "text": "a seeded share of the items is held out: their training samples are dropped, they are masked out of training histories "
                        "and excluded from RER's collaborative side and gate (count 0); 'cold' = test samples whose target is held out, 'warm' = the other test samples"},
         "tuning": "every row: the config's epochs, lr, batch size and patience; model selection on valid AUC",
@@ -385,6 +421,7 @@ def main() -> None:
     }
     finish("ctr_rer", cfg, protocol, args.seeds, rows + cold_rows, METRICS, out, sources=matches, gains=gains)
     print(subset_table(rows + cold_rows))
+    print(bucket_table(rows))
     for key, value in gains.items():
         print(f"{key}: {value['gain']:+.4f} (paired sd {value['paired_sd']:.4f}, row sd {value['row_sd']:.4f}){' > 2 sd' if value['exceeds_2sd'] else ''}")
 
@@ -401,6 +438,21 @@ def subset_table(rows: list[dict[str, Any]]) -> str:
             cells += [format_mean_sd(block[m]) if block else "—" for m in ("auc", "gauc")]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n" + "\n".join(lines) + "\n"
+
+
+def bucket_table(rows: list[dict[str, Any]]) -> str:
+    """Test AUC of every row per target-item popularity bucket (training samples of the target), mean over seeds."""
+    buckets = list(dict.fromkeys(b for row in rows for b in row.get("popularity_buckets", {})))
+    counts = {b: row["popularity_buckets"][b]["count"] for row in rows for b in row.get("popularity_buckets", {})}
+    header = ["model", *[f"{b} ({counts[b]:,}) auc" for b in buckets]]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
+    for row in rows:
+        cells = [row["name"]]
+        for b in buckets:
+            block = row.get("popularity_buckets", {}).get(b, {})
+            cells.append(f"{block['auc']['mean']:.4f}" if "auc" in block else "—")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\nTarget-item popularity buckets (training samples of the target; test samples in brackets):\n" + "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":
