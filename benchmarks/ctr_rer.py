@@ -39,6 +39,7 @@ from reaseq.data.cold import cold_split  # noqa: E402
 from reaseq.data.dataset import load_prepared  # noqa: E402
 from reaseq.data.protocols import TEST, load_ctr_samples  # noqa: E402
 from reaseq.evaluate.aggregate import aggregate_runs, format_mean_sd, mean_sd  # noqa: E402
+from reaseq.evaluate.results import MISSING, markdown_grid  # noqa: E402
 from reaseq.evaluate.slices import POPULARITY_SLICE  # noqa: E402
 from reaseq.io import write_json, write_with  # noqa: E402
 from reaseq.knowledge.config import ImportConfig  # noqa: E402
@@ -430,29 +431,25 @@ def subset_table(rows: list[dict[str, Any]]) -> str:
     """AUC / GAUC of every row on its subsets (sparse users, long tail, cold, warm)."""
     names = sorted({s for row in rows for s in row.get("subsets", {})})
     header = ["model", *[f"{s} {m}" for s in names for m in ("auc", "gauc")]]
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
+    table = []
     for row in rows:
         cells = [row["name"]]
         for s in names:
             block = row.get("subsets", {}).get(s)
-            cells += [format_mean_sd(block[m]) if block else "—" for m in ("auc", "gauc")]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n" + "\n".join(lines) + "\n"
+            cells += [format_mean_sd(block[m]) if block else MISSING for m in ("auc", "gauc")]
+        table.append(cells)
+    return "\n" + markdown_grid(header, table)
 
 
 def bucket_table(rows: list[dict[str, Any]]) -> str:
     """Test AUC of every row per target-item popularity bucket (training samples of the target), mean over seeds."""
-    buckets = list(dict.fromkeys(b for row in rows for b in row.get("popularity_buckets", {})))
-    counts = {b: row["popularity_buckets"][b]["count"] for row in rows for b in row.get("popularity_buckets", {})}
-    header = ["model", *[f"{b} ({counts[b]:,}) auc" for b in buckets]]
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
+    counts = {b: block["count"] for row in rows for b, block in row.get("popularity_buckets", {}).items()}
+    header = ["model", *[f"{b} ({n:,}) auc" for b, n in counts.items()]]
+    table = []
     for row in rows:
-        cells = [row["name"]]
-        for b in buckets:
-            block = row.get("popularity_buckets", {}).get(b, {})
-            cells.append(f"{block['auc']['mean']:.4f}" if "auc" in block else "—")
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\nTarget-item popularity buckets (training samples of the target; test samples in brackets):\n" + "\n".join(lines) + "\n"
+        blocks = row.get("popularity_buckets", {})
+        table.append([row["name"], *[f"{blocks[b]['auc']['mean']:.4f}" if "auc" in blocks.get(b, {}) else MISSING for b in counts]])
+    return "\nTarget-item popularity buckets (training samples of the target; test samples in brackets):\n" + markdown_grid(header, table)
 
 
 if __name__ == "__main__":

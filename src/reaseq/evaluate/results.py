@@ -48,14 +48,20 @@ def _number(value: Any, fmt: str) -> str:
     return format(value, fmt)
 
 
+def markdown_grid(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A Markdown table: the first column left-aligned (names), the others right-aligned (numbers)."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
+    lines += ["| " + " | ".join(cells) + " |" for cells in rows]
+    return "\n".join(lines) + "\n"
+
+
 def markdown_table(record: Mapping[str, Any], metrics: Sequence[str], digits: int = 4) -> str:
     """Rows x metrics as "mean ± sd", plus training samples/s and wall seconds, as a Markdown table."""
-    header = ["model", *metrics, "train samples/s", "wall s"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
+    rows = []
     for row in record["rows"]:
         cells = [str(row["name"])]
         cells += [format_mean_sd(row["metrics"][m], digits) if m in row["metrics"] else MISSING for m in metrics]
         cells.append(_number(row.get("train_samples_per_s"), ",.0f"))
         cells.append(_number(row.get("wall_s"), ",.1f"))
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+        rows.append(cells)
+    return markdown_grid(["model", *metrics, "train samples/s", "wall s"], rows)
