@@ -172,7 +172,7 @@ def knowledge(
     run = _open_run(config, set_, run_dir)
     pipeline.prepare(run)
     summary = run_knowledge(run, shard=shard, regenerate=regenerate)
-    typer.echo(f"knowledge: {summary['items_ok']} items ok, {summary['items_failed']} failed, in {summary['wall_seconds']:.1f}s")
+    typer.echo(f"knowledge: {summary['items_ok']} items ok ({summary.get('items_unreviewed', 0)} without a usable critic score), {summary['items_failed']} failed, in {summary['wall_seconds']:.1f}s")
     typer.echo(f"records: {output_dir(run, shard or run.config.knowledge.shard)}")
 
 

@@ -49,8 +49,9 @@ def run_knowledge_replay(root: Path) -> list[str]:
     pipeline.prepare(run)
     summary = run_knowledge(run)
     return [
-        f"Knowledge (embedded model's answers replayed from the shipped cache, no model call): {summary['items_ok']} items with records, "
-        f"{summary['items_failed']} without (not in the shipped cache: `reaseq knowledge -c src/reaseq/resources/demo.yaml` generates them). "
+        f"Knowledge (embedded model's answers replayed from the shipped cache, no model call): {summary['items_ok']} items with records "
+        f"({summary.get('items_unreviewed', 0)} of them without a usable critic score), {summary['items_failed']} without (the model gave no "
+        "usable answer, or the item is not in the shipped cache: `reaseq knowledge -c src/reaseq/resources/demo.yaml` generates those). "
         f"Records: `{records_path(run)}`.",
     ]
 

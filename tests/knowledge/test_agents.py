@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 
 import pytest
 
-from reaseq.knowledge.agents import KnowledgePipeline, generate_knowledge
+from reaseq.knowledge.agents import KnowledgePipeline, generate_knowledge, not_generated
 from reaseq.knowledge.backends.openai_http import OpenAIHTTPBackend
 from reaseq.knowledge.cache import KnowledgeCache, merge_caches
 from reaseq.knowledge.config import DecodingConfig
@@ -24,6 +25,7 @@ from tests.knowledge.scripted_server import (
     AgentPlayer,
     Reply,
     ScriptedServer,
+    agent_of,
 )
 
 DECODING = DecodingConfig(max_tokens=256, temperature=0.0, seed=0)
@@ -140,6 +142,86 @@ def test_a_call_that_never_got_a_usable_answer_is_stored_and_replayed_as_a_failu
     finally:
         srv.stop()
     assert third.records[0].status == "ok"
+
+
+# A critic answer that is valid JSON but off the 0..1 confidence scale, as SmolLM2-135M writes for many films.
+OFF_SCALE_CRITIC = json.dumps({"reasoning": "checked", "issues": [], "confidence": 4, "needs_revision": True})
+ONE_PERSPECTIVE = [{"name": "what", "instruction": "Say what it is."}]
+
+
+def test_a_critic_without_a_usable_answer_leaves_the_draft_as_an_unreviewed_record(tmp_path: Path) -> None:
+    srv = ScriptedServer(AgentPlayer(misbehave={"critic": [OFF_SCALE_CRITIC] * 3})).start()
+    try:
+        first = run(srv, catalogue(1), tmp_path / "cache", perspectives=ONE_PERSPECTIVE, max_attempts=3)
+        sent = len(srv.requests)
+        replay = run(srv, catalogue(1), tmp_path / "cache", perspectives=ONE_PERSPECTIVE, max_attempts=3)
+        assert len(srv.requests) == sent  # the stored critic failure is replayed, not asked again
+    finally:
+        srv.stop()
+    record = first.records[0]
+    assert record.status == "ok" and record.confidence is None and record.fields["genre"] == ["genre of Item A"]
+    critic = first.traces[0].steps[1]
+    assert critic.agent == "critic" and critic.attempts == 3 and "less than or equal to 1" in critic.error
+    # Its needs_revision never counted: no revision was asked for on the strength of an unusable answer.
+    assert [s.agent for s in first.traces[0].steps] == ["analyst", "critic"]
+    assert first.accounting.items_unreviewed == 1 and first.accounting.agents["critic"].failures == 1
+    assert replay.records == first.records and replay.accounting.items_unreviewed == 1
+
+
+def test_fail_item_makes_an_unusable_critic_fail_the_item() -> None:
+    srv = ScriptedServer(AgentPlayer(misbehave={"critic": [OFF_SCALE_CRITIC] * 3})).start()
+    try:
+        result = run(srv, catalogue(1), perspectives=ONE_PERSPECTIVE, max_attempts=3, on_critic_failure="fail_item")
+    finally:
+        srv.stop()
+    record = result.records[0]
+    assert record.status == "failed" and record.fields == {} and "critic" in record.error and "3 attempts" in record.error
+    assert result.accounting.items_unreviewed == 0 and result.accounting.items_failed == 1
+
+
+def test_an_unreviewed_draft_is_marked_for_the_writer_and_left_out_of_the_confidence() -> None:
+    # Two perspectives (run concurrently): the who_why analyst's draft carries a marker and its critic always answers
+    # off the scale; the "what" draft is reviewed normally.
+    player = AgentPlayer()
+
+    def who_why_unreviewable(body: dict) -> Reply:
+        prompt = body["messages"][-1]["content"]
+        if agent_of(body) == "critic" and "(who)" in body["messages"][1]["content"]:  # the draft, also in repair turns
+            return Reply(content=OFF_SCALE_CRITIC)
+        reply = player(body)
+        if agent_of(body) == "analyst" and "Perspective: who why" in prompt:
+            answer = json.loads(reply.content)
+            answer["fields"] = {k: [f"{v[0]} (who)"] if isinstance(v, list) else f"{v} (who)" for k, v in answer["fields"].items()}
+            return Reply(content=json.dumps(answer))
+        return reply
+
+    srv = ScriptedServer(who_why_unreviewable).start()
+    try:
+        result = run(srv, catalogue(1), max_attempts=3, item_concurrency=1)
+    finally:
+        srv.stop()
+    record = result.records[0]
+    assert record.status == "ok" and record.confidence == pytest.approx(0.9)  # the reviewed draft's score alone
+    writer = next(b for b in srv.requests if b["response_format"]["json_schema"]["name"] == "writer_answer")
+    prompt = writer["messages"][-1]["content"]
+    assert prompt.count("Reviewer confidence: not reviewed") == 1 and prompt.count("Reviewer confidence: 0.90") == 1
+    assert result.accounting.items_unreviewed == 0  # one draft was reviewed, so the record has a confidence
+
+
+def test_a_critic_call_missing_from_a_replay_only_cache_keeps_the_item_not_generated(tmp_path: Path) -> None:
+    srv = ScriptedServer(AgentPlayer()).start()
+    try:
+        run(srv, catalogue(1), tmp_path / "cache", perspectives=ONE_PERSPECTIVE)
+    finally:
+        srv.stop()
+    cache = KnowledgeCache(tmp_path / "cache")
+    for key in list(cache.all_keys()):
+        if cache.get(key)["agent"] == "critic":
+            cache.path_for(key).unlink()  # generation stopped after the analyst: the critic was never asked
+    backend = OpenAIHTTPBackend(http_config(srv))  # never reached: every call is a replay or a miss
+    result = generate_knowledge(catalogue(1), backend, agents_config(perspectives=ONE_PERSPECTIVE), DECODING, KnowledgeCache(tmp_path / "cache", replay_only=True))
+    record = result.records[0]
+    assert record.status == "failed" and not_generated(record) and "critic" in record.error
 
 
 def test_failures_are_not_stored_when_keep_failures_is_off_nor_transport_errors_ever(tmp_path: Path) -> None:

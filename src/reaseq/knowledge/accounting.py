@@ -46,6 +46,7 @@ class Accounting:
     agents: dict[str, AgentStats] = field(default_factory=dict)
     items_ok: int = 0
     items_failed: int = 0
+    items_unreviewed: int = 0  # ok generated records the critic gave no usable answer for (no confidence)
     wall_seconds: float = 0.0
 
     def add_traces(self, traces: Iterable[TraceRecord]) -> None:
@@ -59,6 +60,7 @@ class Accounting:
         for record in records:
             if record.status == "ok":
                 self.items_ok += 1
+                self.items_unreviewed += int(record.source == "generated" and record.confidence is None)
             else:
                 self.items_failed += 1
 
@@ -71,6 +73,7 @@ class Accounting:
         return {
             "items_ok": self.items_ok,
             "items_failed": self.items_failed,
+            "items_unreviewed": self.items_unreviewed,
             "wall_seconds": self.wall_seconds,
             "completion_tokens_per_s": total.completion_tokens / self.wall_seconds if self.wall_seconds > 0 else None,
             "agents": {name: asdict(stats) for name, stats in sorted(self.agents.items())},

@@ -58,11 +58,16 @@ def not_generated(record: KnowledgeRecord) -> bool:
 
 
 class StepFailed(Exception):
-    """An agent call with no valid answer; its trace step says why."""
+    """An agent call with no valid answer; its trace step says why.
 
-    def __init__(self, step: TraceStep) -> None:
+    `answered`: the model answered every attempt, just never usably (now or in the stored failure replayed), as
+    opposed to a call that was never answered (replay-only miss, transport error), which a rerun may still complete.
+    """
+
+    def __init__(self, step: TraceStep, answered: bool = False) -> None:
         super().__init__(f"agent '{step.agent}' failed: {step.error}")
         self.step = step
+        self.answered = answered
 
 
 @dataclass
@@ -72,7 +77,7 @@ class Draft:
     perspective: str
     fields: dict[str, Any]
     issues: list[str]
-    confidence: float
+    confidence: float | None  # None: the critic gave no usable answer (agents.on_critic_failure = keep_unreviewed)
 
 
 @dataclass
@@ -156,7 +161,7 @@ class KnowledgePipeline:
             if "failure" in entry:
                 step.raw = entry.get("raw")
                 step.error = entry["failure"]  # verbatim, so a replayed record equals the one first written
-                raise StepFailed(step)
+                raise StepFailed(step, answered=True)
             step.output = entry["output"]
             return entry["output"]
         if self.cache is not None and self.cache.replay_only:
@@ -201,7 +206,7 @@ class KnowledgePipeline:
             # would spend the same attempts on the same answers.
             step.error += STORED_FAILURE_HINT
             self.cache.put(key, {**self._entry_meta(step, item_text_hash, decoding), "failure": step.error, "raw": step.raw})
-        raise StepFailed(step)
+        raise StepFailed(step, answered=True)
 
     def _entry_meta(self, step: TraceStep, item_text_hash: str, decoding: dict[str, Any]) -> dict[str, Any]:
         """What a cache entry records besides the answer: who asked, with which prompt, model and decoding, at what cost."""
@@ -245,21 +250,33 @@ class KnowledgePipeline:
         values = {"schema": describe_schema(schema), "item": item.text, "draft": json.dumps(_in_schema_order(fields, schema), ensure_ascii=False, indent=1)}
         return await self._call("critic", self._messages("critic", "user", values), _titled(critic_json_schema(self.limits), "critic_answer"), parse_critic, item.text_hash, steps, perspective)
 
+    async def _review(self, item: ItemInput, schema: KnowledgeSchema, fields: dict[str, Any], steps: list[TraceStep], perspective: str) -> dict[str, Any] | None:
+        """The critic's answer, or None when it answered only unusably and the config keeps such drafts unreviewed."""
+        try:
+            return await self._critique(item, schema, fields, steps, perspective)
+        except StepFailed as exc:
+            # The failed step stays in the trace, so an unreviewed record can always be told from a reviewed one.
+            if exc.answered and self.cfg.on_critic_failure == "keep_unreviewed":
+                return None
+            raise
+
     async def _analyse(self, item: ItemInput, schema: KnowledgeSchema, perspective: Perspective, steps: list[TraceStep]) -> Draft:
         values = {"perspective": perspective.name.replace("_", " "), "instruction": perspective.instruction, "schema": describe_schema(schema), "item": item.text}
         messages = self._messages("analyst", "user", values)
         answer_schema = _titled(analyst_json_schema(schema, self.limits), "analyst_answer")
         parse = partial(parse_analyst, schema=schema)
         draft = await self._call("analyst", messages, answer_schema, parse, item.text_hash, steps, perspective.name)
-        critique = await self._critique(item, schema, draft["fields"], steps, perspective.name)
-        if self.cfg.revise and critique["needs_revision"]:
+        critique = await self._review(item, schema, draft["fields"], steps, perspective.name)
+        if critique is not None and self.cfg.revise and critique["needs_revision"]:
             feedback = "\n".join(f"- {issue}" for issue in critique["issues"]) or "- the reviewer asked for a revision without details"
             revise = self.prompts["analyst"].render("revise", {"critique": feedback})
             previous = {"reasoning": draft["reasoning"], "fields": _in_schema_order(draft["fields"], schema)}
             conversation = [*messages, {"role": "assistant", "content": json.dumps(previous, ensure_ascii=False)}, {"role": "user", "content": revise}]
             draft = await self._call("analyst", conversation, answer_schema, parse, item.text_hash, steps, perspective.name, revision=True)
             if self.cfg.recheck_after_revision:
-                critique = await self._critique(item, schema, draft["fields"], steps, perspective.name)
+                critique = await self._review(item, schema, draft["fields"], steps, perspective.name)
+        if critique is None:
+            return Draft(perspective.name, draft["fields"], [], None)
         return Draft(perspective.name, draft["fields"], critique["issues"], float(critique["confidence"]))
 
     async def _write(self, item: ItemInput, schema: KnowledgeSchema, drafts: list[Draft], steps: list[TraceStep]) -> dict[str, Any]:
@@ -269,7 +286,8 @@ class KnowledgePipeline:
         blocks = []
         for draft in drafts:
             issues = "; ".join(draft.issues) or "none"
-            blocks.append(f"Perspective: {draft.perspective}\nFields: {json.dumps(_in_schema_order(draft.fields, schema), ensure_ascii=False)}\nReviewer confidence: {draft.confidence:.2f}\nReviewer issues: {issues}")
+            confidence = "not reviewed" if draft.confidence is None else f"{draft.confidence:.2f}"
+            blocks.append(f"Perspective: {draft.perspective}\nFields: {json.dumps(_in_schema_order(draft.fields, schema), ensure_ascii=False)}\nReviewer confidence: {confidence}\nReviewer issues: {issues}")
         values = {"schema": describe_schema(schema), "item": item.text, "drafts": "\n\n".join(blocks)}
         output = await self._call("writer", self._messages("writer", "user", values), _titled(writer_json_schema(schema, self.limits), "writer_answer"), partial(parse_writer, schema=schema), item.text_hash, steps)
         return output["fields"]
@@ -305,8 +323,9 @@ class KnowledgePipeline:
             item_id=item.item_id,
             fields=fields,
             text=render_text(fields, schema.names),
-            # The mean over perspectives: each critic score is about one draft the writer merged.
-            confidence=fmean(d.confidence for d in drafts),
+            # The mean over the reviewed perspectives (each critic score is about one draft the writer merged); None
+            # when no draft was reviewed.
+            confidence=fmean(scores) if (scores := [d.confidence for d in drafts if d.confidence is not None]) else None,
             model_id=self.backend.model_id,
             prompt_versions=self.versions,
             source="generated",

@@ -114,6 +114,11 @@ class AgentsConfig(Strict):
     max_dimensions: int = Field(8, ge=1)
     schemas: dict[str, list[Dimension]] = Field(default_factory=dict)  # category -> fixed dimensions (skips the planner)
     writer_call: Literal["always", "when_merging"] = "when_merging"  # with one perspective there is nothing to merge: the writer only validates and renders
+    # When the critic answers in every attempt but never usably (e.g. a confidence outside 0..1), "keep_unreviewed"
+    # keeps the analyst's draft, which passed its own validation, as an ok record without a confidence; "fail_item"
+    # fails the item. Measured on ML-1M: SmolLM2-135M's critic wrote confidences of 2, 4, 10 or 1023849765 for 492
+    # films whose drafts were valid. A critic that was never asked (replay-only miss, transport error) fails the item.
+    on_critic_failure: Literal["keep_unreviewed", "fail_item"] = "keep_unreviewed"
     max_reasoning_chars: int | None = Field(None, ge=20)  # caps written into the answer schemas; they bound the tokens per call on small models
     max_value_chars: int | None = Field(None, ge=5)
     max_list_items: int | None = Field(None, ge=1)

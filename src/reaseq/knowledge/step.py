@@ -111,7 +111,7 @@ def run_knowledge(run: RunDir, *, shard: str | None = None, regenerate: bool = F
         else:
             summary = _generate(run, cfg, items, out, shard, regenerate)
             record.outputs = [str(p.relative_to(run.root)) for p in sorted(out.glob("*.json*"))]
-        record.metrics = {k: summary[k] for k in ("items_ok", "items_failed", "wall_seconds")}
+        record.metrics = {k: summary[k] for k in ("items_ok", "items_failed", "items_unreviewed", "wall_seconds")}
     return summary
 
 
@@ -190,6 +190,8 @@ def pack_cache(run: RunDir, out: Path, exclude_packs: Sequence[str] = ()) -> dic
         "items": len(records),
         "items_ok": sum(r.status == "ok" for r in records),
         "items_failed": sum(r.status == "failed" for r in records),
+        # ok records the critic gave no usable answer for (agents.on_critic_failure: keep_unreviewed); no confidence
+        "items_unreviewed": sum(r.status == "ok" and r.source == "generated" and r.confidence is None for r in records),
         # of those, items the run could not replay because generation has not reached them (the rest: the model failed)
         "items_not_generated": sum(map(not_generated, records)),
         "requires": requires,

@@ -300,7 +300,7 @@ def worker_main(argv: Sequence[str] | None = None) -> int:
     except ReaSeqError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"knowledge: {summary['items_ok']} items ok, {summary['items_failed']} failed, in {summary['wall_seconds']:.1f}s")
+    print(f"knowledge: {summary['items_ok']} items ok ({summary.get('items_unreviewed', 0)} without a usable critic score), {summary['items_failed']} failed, in {summary['wall_seconds']:.1f}s")
     print(f"records: {output_dir(run, args.shard)}")
     return 0
 
