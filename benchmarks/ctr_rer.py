@@ -59,7 +59,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "kar": {"knowledge": "kar"},
     "din_rer": {"knowledge": "aligned", "semantic_ids": True},
 }
-COLD_VARIANTS = ["din", "din_text", "din_rer"]
+COLD_VARIANTS = ["din", "din_text", "kar", "din_rer"]
 PLAN_FILE = "plan.json"
 BUCKET_PREFIX = "item_popularity="  # gain(): a target-item popularity bucket instead of a test subset
 AGENT4REC_FILE = "agent4rec_movies_augmentation.csv"
@@ -401,7 +401,7 @@ def main() -> None:
                     if result is not None:
                         gains[f"{rer} vs {base} / {subset or 'all'} / {metric}"] = result
         cold_prefix = f"cold{int(round(args.cold_frac * 100))}_"
-        for base in (f"{cold_prefix}din", f"{cold_prefix}din_text[{source}]"):
+        for base in (f"{cold_prefix}din", f"{cold_prefix}din_text[{source}]", f"{cold_prefix}kar[{source}]"):
             for metric in ("auc", "gauc"):
                 result = gain(by_name, f"{cold_prefix}din_rer{tag}[{source}]", base, "cold", metric)
                 if result is not None:
