@@ -153,6 +153,7 @@ def knowledge(
 ) -> None:
     """Run the knowledge agents (planner, analysts, critic, writer) over the catalogue, or import knowledge (knowledge.source=import)."""
     from reaseq import pipeline
+    from reaseq.knowledge.accounting import Accounting, items_line
 
     if workers:
         from reaseq.errors import ConfigError
@@ -163,8 +164,9 @@ def knowledge(
         if worker_backend not in ("process", "ray"):
             raise ConfigError(None, "--worker-backend", f"unknown worker backend '{worker_backend}'", "use 'process' or 'ray'")
         records = run_sharded(config, set_ or [], run_dir, workers, backend=worker_backend, regenerate=regenerate, ray_address=ray_address)  # type: ignore[arg-type]
-        ok = sum(r.status == "ok" for r in records)
-        typer.echo(f"knowledge: {ok} items ok, {len(records) - ok} failed, from {workers} workers")
+        outcome = Accounting()
+        outcome.add_records(records)
+        typer.echo(f"knowledge: {items_line(outcome.to_dict())}, from {workers} workers")
         typer.echo(f"records: {Path(run_dir or load_config(config, set_ or []).run_dir) / 'knowledge' / 'knowledge.jsonl'}")
         return
     from reaseq.knowledge.step import output_dir, run_knowledge
@@ -172,7 +174,7 @@ def knowledge(
     run = _open_run(config, set_, run_dir)
     pipeline.prepare(run)
     summary = run_knowledge(run, shard=shard, regenerate=regenerate)
-    typer.echo(f"knowledge: {summary['items_ok']} items ok ({summary.get('items_unreviewed', 0)} without a usable critic score), {summary['items_failed']} failed, in {summary['wall_seconds']:.1f}s")
+    typer.echo(f"knowledge: {items_line(summary)}, in {summary['wall_seconds']:.1f}s")
     typer.echo(f"records: {output_dir(run, shard or run.config.knowledge.shard)}")
 
 

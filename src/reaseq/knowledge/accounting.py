@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -60,7 +60,7 @@ class Accounting:
         for record in records:
             if record.status == "ok":
                 self.items_ok += 1
-                self.items_unreviewed += int(record.source == "generated" and record.confidence is None)
+                self.items_unreviewed += int(record.unreviewed)
             else:
                 self.items_failed += 1
 
@@ -79,3 +79,9 @@ class Accounting:
             "agents": {name: asdict(stats) for name, stats in sorted(self.agents.items())},
             "total": asdict(total),
         }
+
+
+def items_line(summary: Mapping[str, Any]) -> str:
+    """'N items ok (U without a usable critic score), F failed', from an accounting summary (Accounting.to_dict)."""
+    # .get: accounting files written before items_unreviewed existed have no such key.
+    return f"{summary['items_ok']} items ok ({summary.get('items_unreviewed', 0)} without a usable critic score), {summary['items_failed']} failed"

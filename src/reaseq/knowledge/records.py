@@ -79,6 +79,11 @@ class KnowledgeRecord(_Model):
                 raise ValueError("an ok record needs a non-empty text")
         return self
 
+    @property
+    def unreviewed(self) -> bool:
+        """An ok generated record the critic gave no usable score for (agents.on_critic_failure: keep_unreviewed)."""
+        return self.status == "ok" and self.source == "generated" and self.confidence is None
+
 
 class TraceStep(_Model):
     """One agent call as it happened: output (reasoning included), attempts, tokens and time."""

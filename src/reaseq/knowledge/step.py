@@ -191,7 +191,7 @@ def pack_cache(run: RunDir, out: Path, exclude_packs: Sequence[str] = ()) -> dic
         "items_ok": sum(r.status == "ok" for r in records),
         "items_failed": sum(r.status == "failed" for r in records),
         # ok records the critic gave no usable answer for (agents.on_critic_failure: keep_unreviewed); no confidence
-        "items_unreviewed": sum(r.status == "ok" and r.source == "generated" and r.confidence is None for r in records),
+        "items_unreviewed": sum(r.unreviewed for r in records),
         # of those, items the run could not replay because generation has not reached them (the rest: the model failed)
         "items_not_generated": sum(map(not_generated, records)),
         "requires": requires,

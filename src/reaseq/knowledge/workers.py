@@ -26,6 +26,7 @@ from typing import Literal
 
 from reaseq.config import RunConfig, load_config
 from reaseq.errors import ConfigError, ReaSeqError
+from reaseq.knowledge.accounting import items_line
 from reaseq.knowledge.outputs import ACCOUNTING_FILE, RECORDS_FILE, TRACES_FILE
 from reaseq.knowledge.records import KnowledgeRecord, TraceRecord, read_jsonl
 from reaseq.runs import RunDir
@@ -300,7 +301,7 @@ def worker_main(argv: Sequence[str] | None = None) -> int:
     except ReaSeqError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"knowledge: {summary['items_ok']} items ok ({summary.get('items_unreviewed', 0)} without a usable critic score), {summary['items_failed']} failed, in {summary['wall_seconds']:.1f}s")
+    print(f"knowledge: {items_line(summary)}, in {summary['wall_seconds']:.1f}s")
     print(f"records: {output_dir(run, args.shard)}")
     return 0
 
