@@ -182,16 +182,18 @@ def pack_cache(run: RunDir, out: Path, exclude_packs: Sequence[str] = ()) -> dic
         requires.append({"pack": spec, "sha256": sha256_file(pack), "entries": len(keys)})
     count = export_pack(cache, out, [key for key in cache.all_keys() if key not in excluded] if excluded else None)
     model_ids = sorted({r.model_id for r in records})
+    outcome = Accounting()
+    outcome.add_records(records)
     manifest = {
         "pack": out.name,
         "sha256": sha256_file(out),
         "entries": count,
         "dataset": run.config.dataset.name,
         "items": len(records),
-        "items_ok": sum(r.status == "ok" for r in records),
-        "items_failed": sum(r.status == "failed" for r in records),
+        "items_ok": outcome.items_ok,
+        "items_failed": outcome.items_failed,
         # ok records the critic gave no usable answer for (agents.on_critic_failure: keep_unreviewed); no confidence
-        "items_unreviewed": sum(r.unreviewed for r in records),
+        "items_unreviewed": outcome.items_unreviewed,
         # of those, items the run could not replay because generation has not reached them (the rest: the model failed)
         "items_not_generated": sum(map(not_generated, records)),
         "requires": requires,
