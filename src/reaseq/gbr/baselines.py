@@ -127,7 +127,7 @@ def sasrec_valid_loss(model: SASRec, split: TopKSplit, windows: tuple[np.ndarray
         for offset in range(0, len(end), batch_windows):
             rows = end[offset : offset + batch_windows].unsqueeze(1) - (max_len + 1) + torch.arange(max_len + 1)
             seq = items[rows.clamp(min=0)].masked_fill(rows < start[offset : offset + batch_windows].unsqueeze(1), 0)
-            inputs, targets = seq[:, :-1], seq[:, 1:]
+            inputs, targets = (x.to(model.item_embedding.weight.device) for x in (seq[:, :-1], seq[:, 1:]))
             predict = (inputs > 0) & (targets > 0)
             loss = F.cross_entropy(model.logits(model.hidden(inputs)[predict]), targets[predict], reduction="sum")
             total, count = total + float(loss), count + int(predict.sum())
@@ -159,6 +159,7 @@ def train_sasrec_generator(
     if init_embeddings is not None:
         with torch.no_grad():
             net.item_embedding.weight.copy_(torch.from_numpy(map_embeddings(init_embeddings, model_cfg.embedding_dim, seed)))
+    net.to(train_cfg.device)
     optimizer = torch.optim.Adam(net.parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
     n_windows = len(train_windows[0])
     per_round = eval_every or n_windows
@@ -191,6 +192,7 @@ def generate_autoregressive(
     net, max_len = generator.model, generator.max_len
     net.eval()
     n_items = net.item_embedding.num_embeddings - 1
+    device = net.item_embedding.weight.device
     all_items, all_conf = [], []
     for offset in range(0, len(histories), batch_size):
         batch = histories[offset : offset + batch_size]
@@ -199,10 +201,10 @@ def generate_autoregressive(
             recent = np.asarray(history, dtype=np.int64)[-max_len:]
             if len(recent):
                 seq[row, max_len - len(recent) :] = torch.from_numpy(recent)
-        forbid = forbidden_items(batch, n_items, allowed, exclude_seen=True)
-        users = torch.arange(len(batch))
-        items = torch.zeros((len(batch), k), dtype=torch.long)
-        conf = torch.zeros((len(batch), k))
+        seq, forbid = seq.to(device), forbidden_items(batch, n_items, allowed, exclude_seen=True).to(device)
+        users = torch.arange(len(batch), device=device)
+        items = torch.zeros((len(batch), k), dtype=torch.long, device=device)
+        conf = torch.zeros((len(batch), k), device=device)
         for slot in range(k):
             probs = torch.softmax(net(seq), dim=-1).masked_fill(forbid, 0.0)  # [B, V]
             best = probs.argmax(dim=1)
@@ -210,8 +212,8 @@ def generate_autoregressive(
             conf[:, slot] = (probs[users, best] / probs.sum(dim=1).clamp(min=torch.finfo(probs.dtype).tiny)).clamp(max=1.0)
             forbid[users, best] = True
             seq = torch.cat([seq[:, 1:], best.unsqueeze(1)], dim=1)
-        all_items.append(items.numpy())
-        all_conf.append(conf.numpy())
+        all_items.append(items.cpu().numpy())
+        all_conf.append(conf.cpu().numpy())
     if not all_items:
         return np.zeros((0, k), np.int64), np.zeros((0, k), np.float32)
     return np.concatenate(all_items), np.concatenate(all_conf)

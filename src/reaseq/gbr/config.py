@@ -36,7 +36,7 @@ class GBRConfig(Strict):
     time_budget_s: float | None = None  # stop after the round that crosses this many seconds (validation included)
     seed: int = 0
     num_threads: int | None = None  # torch threads; None leaves torch's default
-    device: str = "cpu"  # where training runs ("cuda" on a GPU); inference for the table runs on CPU
+    device: str = "cpu"  # where training and the step's inference run ("cuda" on a GPU); the saved weights live on CPU
     # Inference: K masked slots unmasked over `steps` rounds.
     k: int = Field(20, ge=1)
     steps: int = Field(10, ge=1)

@@ -76,10 +76,10 @@ def _infer_batch(
     model: MaskedDiffusionLM, histories: Sequence[np.ndarray], k: int, steps: int, allowed: np.ndarray | None, exclude_seen: bool,
     temperature: float, remasking: str, generator: torch.Generator, context: Literal["recent", "all"],
 ) -> tuple[torch.Tensor, torch.Tensor]:
+    device = model.output_bias.device  # inference runs where the model lives (a GPU during training, CPU after)
     pieces, owner_np = history_pieces(histories, model.max_len - k, context)
     tokens, slots = slot_tokens(pieces, k, model.max_len, mask_token(model.n_items))  # [R, L], [R, k]: R pieces
     owner = torch.from_numpy(owner_np)  # [R] the user each piece belongs to
-    piece_rows = torch.arange(len(owner))
     n_pieces = torch.bincount(owner, minlength=len(histories)).view(-1, 1, 1)  # [U, 1, 1]
     forbid = forbidden_items(histories, model.n_items, allowed, exclude_seen)  # [U, V]
     short = (~forbid).sum(dim=1) < k
@@ -89,11 +89,13 @@ def _infer_batch(
     # Work in the columns of the candidate items only: with a small allowed set this is most of the speed.
     candidates = torch.from_numpy(np.flatnonzero(np.asarray(allowed, dtype=bool))) if allowed is not None else torch.arange(1, model.n_items + 1)
     forbid = forbid[:, candidates]  # [U, C]
+    tokens, slots, owner, n_pieces, forbid, candidates = (x.to(device) for x in (tokens, slots, owner, n_pieces, forbid, candidates))
     head, bias = model.token_embedding.weight[candidates], model.output_bias[candidates]  # [C, D], [C]
-    users = torch.arange(len(histories))
-    items = torch.zeros((len(histories), k), dtype=torch.long)
-    confidence = torch.zeros((len(histories), k))
-    open_slot = torch.ones((len(histories), k), dtype=torch.bool)  # still MASK
+    piece_rows = torch.arange(len(owner), device=device)
+    users = torch.arange(len(histories), device=device)
+    items = torch.zeros((len(histories), k), dtype=torch.long, device=device)
+    confidence = torch.zeros((len(histories), k), device=device)
+    open_slot = torch.ones((len(histories), k), dtype=torch.bool, device=device)  # still MASK
     for step in range(steps):
         remaining = int(open_slot[0].sum())  # every row has the same number of open slots
         if remaining == 0:
@@ -104,11 +106,12 @@ def _infer_batch(
         piece_logp = torch.log_softmax(hidden @ head.T + bias, dim=-1)  # [R, k, C]
         # A user read in several pieces gets the mean of their log-probabilities (a product of experts: an
         # item must fit every part of the history); with one piece this is the piece's own distribution.
-        logits = torch.zeros((len(histories), k, len(candidates))).index_add_(0, owner, piece_logp) / n_pieces  # [U, k, C]
+        logits = torch.zeros((len(histories), k, len(candidates)), device=device).index_add_(0, owner, piece_logp) / n_pieces  # [U, k, C]
         probs = torch.softmax(logits, dim=-1).masked_fill(forbid.unsqueeze(1), 0.0)
         if temperature > 0:
             # Gumbel-max: picks item i with probability softmax(logits / temperature)_i.
-            uniform = torch.rand(logits.shape, generator=generator).clamp(min=torch.finfo(logits.dtype).tiny)
+            # Drawn on CPU from the seeded generator, so a GPU run samples what a CPU run does.
+            uniform = torch.rand(logits.shape, generator=generator).to(device).clamp(min=torch.finfo(logits.dtype).tiny)
             logits = logits / temperature - torch.log(-torch.log(uniform))
         scores = logits.masked_fill(forbid.unsqueeze(1), -math.inf)
         mass = probs.sum(dim=-1)  # [U, k] probability left on admissible items
@@ -116,7 +119,7 @@ def _infer_batch(
         for _ in range(n_commit):
             best = scores.argmax(dim=-1)  # [U, k] candidate column
             slot_conf = probs.gather(2, best.unsqueeze(2)).squeeze(2) / mass.clamp(min=torch.finfo(probs.dtype).tiny)
-            key = slot_conf if remasking == "confidence" else torch.rand(open_slot.shape, generator=generator)
+            key = slot_conf if remasking == "confidence" else torch.rand(open_slot.shape, generator=generator).to(device)
             slot = key.masked_fill(~open_slot, -math.inf).argmax(dim=1)  # [U]
             column = best[users, slot]
             items[users, slot] = candidates[column]
@@ -127,7 +130,7 @@ def _infer_batch(
             mass -= probs[users, :, column]
             probs[users, :, column] = 0.0
             scores[users, :, column] = -math.inf
-    return items, confidence
+    return items.cpu(), confidence.cpu()
 
 
 def infer(

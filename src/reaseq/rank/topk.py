@@ -41,6 +41,7 @@ def sasrec_epoch(model: SASRec, split: TopKSplit, windows: tuple[np.ndarray, np.
     width = cfg.protocol.topk.max_len + 1
     order = torch.randperm(len(end), generator=generator)
     batch_size = max(1, cfg.train.batch_size // cfg.protocol.topk.max_len)  # batch_size counts predicted events
+    device = model.item_embedding.weight.device  # windows are cut on CPU, then handed to wherever the model lives
     total, targets_seen, batches = 0.0, 0, 0
     progress = tqdm(range(0, len(order), batch_size), desc=f"epoch {epoch}", disable=not cfg.train.progress, leave=False)
     for offset in progress:
@@ -48,7 +49,7 @@ def sasrec_epoch(model: SASRec, split: TopKSplit, windows: tuple[np.ndarray, np.
         rows = end[idx].unsqueeze(1) - width + torch.arange(width)  # [B, L + 1]
         valid = rows >= start[idx].unsqueeze(1)
         seq = items[rows.clamp(min=0)].masked_fill(~valid, 0)
-        inputs, targets = seq[:, :-1], seq[:, 1:]
+        inputs, targets = (x.to(device) for x in (seq[:, :-1], seq[:, 1:]))
         predict = (inputs > 0) & (targets > 0)  # [B, L]
         hidden = model.hidden(inputs)[predict]  # [n, D]
         loss = F.cross_entropy(model.logits(hidden), targets[predict])
@@ -82,7 +83,7 @@ def rank_targets(score_fn: Any, split: TopKSplit, which: int, cfg: RunConfig) ->
             full_rows, full_valid = history_window(offsets, user, pos, longest)
             seen = items[full_rows].masked_fill(~full_valid, 0)
         ranks.append(target_ranks(scores, target, exclude=seen, ties="pessimistic"))
-    return torch.cat(ranks).numpy()
+    return torch.cat(ranks).cpu().numpy()
 
 
 def topk_report(split: TopKSplit, ranks: np.ndarray, which: int, item_pop: np.ndarray, cfg: RunConfig) -> dict[str, Any]:
@@ -110,13 +111,13 @@ def run_topk(split: TopKSplit, cfg: RunConfig, seed: int, out_dir: Path | None =
         model = PopularityTopK(split.data.n_items).fit(split.data.items[train_rows])
         score_fn = lambda seq: model.scores(len(seq))  # noqa: E731
     elif cfg.model.name == "sasrec":
-        net = build_sasrec(split.data, cfg.protocol.topk.max_len, cfg.model)
+        net = build_sasrec(split.data, cfg.protocol.topk.max_len, cfg.model).to(cfg.train.device)
         optimizer = torch.optim.Adam(net.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
         windows = training_windows(split, cfg.protocol.topk.max_len)
 
         def score_fn(seq: torch.Tensor) -> torch.Tensor:
             with torch.no_grad():
-                return net(seq)
+                return net(seq.to(cfg.train.device))
 
         def validate() -> float:
             return topk_metrics(rank_targets(score_fn, split, VALID, cfg), cfg.protocol.topk.ks)[select_metric]
