@@ -53,6 +53,7 @@ from reaseq.io import sha256_text
 # docs/protocols.md has the measured effect of each.
 BENCH_GBR: dict[str, Any] = {"max_len": 200, "context": "all", "ema_decay": 0.999, "batch_size": 32, "lr": 0.002, "loss_weight": "none", "response_frac": 0.5, "steps": 1, "patience": 5, "epochs": 1000}
 EVAL_EVERY_WINDOWS = 4000  # training windows between validation checks, for both GBR and SASRec
+ROWS = ("gbr", "popularity", "autoregressive", "itemknn", "ease")
 
 
 def parse_args() -> argparse.Namespace:
@@ -71,9 +72,14 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--select", choices=["recall", "loss"], default="recall",
                         help="GBR's and SASRec's round: best recall@K on the world users playing targets (they then train without those users' off-platform events), or lowest held-out training loss")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (the results in docs/protocols.md used 2, on 2 cores)")
+    parser.add_argument("--device", default="cpu", help="where GBR and SASRec train and infer, e.g. cuda")
     parser.add_argument("--work-dir", type=Path, default=ROOT / "runs" / "bench" / "beyond_log")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--force", action="store_true", help="recompute rows cached in --work-dir")
+    parser.add_argument("--rows", nargs="*", choices=ROWS, default=list(ROWS),
+                        help="generators to compute in this process (none: only assemble); the others are only read from --work-dir's cache, so several processes "
+                             "(e.g. on one GPU) can share the work; the results file is written once every row is there")
+    parser.add_argument("--compute-only", action="store_true", help="compute the --rows into the cache and stop, never writing the results file (for parallel workers)")
     return parser.parse_args()
 
 
@@ -121,6 +127,7 @@ def run_gbr(data: Any, split: BeyondLogSplit, cfg: GBRConfig, k: int, steps_grid
     else:
         visible, inner = selection
         model, record = train_gbr(visible, inner.visible_rows, cfg, response_items=inner.off_platform, eval_every=EVAL_EVERY_WINDOWS, select=lambda m: valid_recall(m, cfg.steps))
+    model.to(cfg.device)  # train_gbr hands the weights back on CPU; the benchmark's lists are inferred where it trained
     grid = sorted(set(steps_grid) | {cfg.steps})
     steps, steps_valid = cfg.steps, {}
     if selection is not None:
@@ -160,34 +167,58 @@ def main() -> None:
     args = parse_args()
     torch.set_num_threads(args.threads)
     try:
-        run = open_run(args.config, [*args.overrides, f"train.num_threads={args.threads}"], args.work_dir / "run")
+        run = open_run(args.config, [f"train.device={args.device}", *args.overrides, f"train.num_threads={args.threads}"], args.work_dir / "run")
     except ReaSeqError as exc:
         raise SystemExit(f"beyond-log benchmark skipped: the dataset is unavailable ({exc})") from None
     run_cfg = run.config
     data = load_prepared(run.root / pipeline.DATA_DIR)
     protocol_cfg = BeyondLogConfig.model_validate(parse_overrides(args.protocol))
     k = protocol_cfg.k
-    base_gbr = {**BENCH_GBR, "k": k, "time_budget_s": args.budget_s, "num_threads": args.threads, **parse_overrides(args.gbr)}
+    base_gbr = {**BENCH_GBR, "k": k, "time_budget_s": args.budget_s, "num_threads": args.threads, "device": args.device, **parse_overrides(args.gbr)}
     split = build_beyond_log(data, protocol_cfg)
     out = args.out or RESULTS / f"{run_cfg.dataset.name}_beyond_log.json"
-    # Cached rows are keyed by every setting that changes them, so a changed setting is never served stale.
+    # Each row is cached under a key of exactly the settings that change it, so a changed setting is never served
+    # stale, and changing GBR's settings does not recompute EASE or SASRec.
     gbr_defaults = GBRConfig.model_validate(base_gbr)
     sasrec_max_len = args.sasrec_max_len or run_cfg.protocol.topk.max_len
-    settings = {"protocol": protocol_cfg.model_dump(), "gbr": gbr_defaults.model_dump(), "budget_s": args.budget_s, "steps": args.steps_grid, "sasrec_init": args.sasrec_init, "sasrec_max_len": sasrec_max_len, "ease_l2": args.ease_l2, "valid_frac": args.valid_frac, "select": args.select,
-                "model": run_cfg.model.model_dump(), "train": run_cfg.train.model_dump(exclude={"progress"}), "topk": run_cfg.protocol.topk.model_dump()}
-    rows_dir = args.work_dir / "rows" / sha256_text(json.dumps(settings, sort_keys=True, default=str))[:12]
-    print(f"{len(split.target_users)} target users, {int(split.off_platform.sum())} off-platform items, {int(split.visible_rows.sum())} visible events", file=sys.stderr)
+    common = {"protocol": protocol_cfg.model_dump(), "valid_frac": args.valid_frac, "select": args.select}
+    keys = {
+        "popularity": {"protocol": protocol_cfg.model_dump()},
+        "itemknn": {"protocol": protocol_cfg.model_dump()},
+        "ease": {**common, "ease_l2": args.ease_l2},
+        "gbr": {**common, "gbr": gbr_defaults.model_dump(exclude={"seed"}), "steps": args.steps_grid},
+        "autoregressive": {**common, "budget_s": args.budget_s, "sasrec_init": args.sasrec_init, "sasrec_max_len": sasrec_max_len, "model": run_cfg.model.model_dump(),
+                           "train": run_cfg.train.model_dump(exclude={"progress", "seeds"}), "topk": run_cfg.protocol.topk.model_dump(),
+                           "gbr": {f: getattr(gbr_defaults, f) for f in ("epochs", "valid_user_frac")}},
+    }
+    rows_dir = args.work_dir / "rows"
 
+    def row(name: str, compute: Any, seed: int | None = None) -> dict[str, Any] | None:
+        path = rows_dir / f"{name}-{sha256_text(json.dumps(keys[name], sort_keys=True, default=str))[:12]}" / (f"seed{seed}.json" if seed is not None else "row.json")
+        if name in args.rows:
+            return cached(path, compute, args.force)
+        return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
+
+    print(f"{len(split.target_users)} target users, {int(split.off_platform.sum())} off-platform items, {int(split.visible_rows.sum())} visible events", file=sys.stderr)
     selection = validation_split(data, split, protocol_cfg, args.valid_frac) if args.select == "recall" else None
-    results: dict[str, list[dict[str, Any]]] = {name: [] for name in ("gbr", "popularity", "autoregressive", "itemknn", "ease")}
+    found: dict[str, list[dict[str, Any] | None]] = {name: [] for name in ROWS}
     for name in ("popularity", "itemknn"):
-        results[name].append(cached(rows_dir / f"{name}.json", partial(run_counting, name, data, split, k), args.force))
-    results["ease"].append(cached(rows_dir / "ease.json", partial(run_ease, data, split, protocol_cfg, args.ease_l2, args.valid_frac), args.force))
+        found[name].append(row(name, partial(run_counting, name, data, split, k)))
+    found["ease"].append(row("ease", partial(run_ease, data, split, protocol_cfg, args.ease_l2, args.valid_frac)))
     for seed in args.seeds:
         gbr_cfg = GBRConfig.model_validate({**base_gbr, "seed": seed})
-        results["gbr"].append(cached(rows_dir / f"gbr_seed{seed}.json", partial(run_gbr, data, split, gbr_cfg, k, args.steps_grid, selection), args.force))
-        results["autoregressive"].append(cached(rows_dir / f"autoregressive_seed{seed}.json", partial(run_sasrec, data, split, run_cfg, gbr_cfg, args.budget_s, seed, args.sasrec_init, k, selection, sasrec_max_len), args.force))
-        print(f"seed {seed}: recall@{k} gbr {results['gbr'][-1]['metrics'][f'recall@{k}']:.4f}, autoregressive {results['autoregressive'][-1]['metrics'][f'recall@{k}']:.4f}", file=sys.stderr)
+        found["gbr"].append(row("gbr", partial(run_gbr, data, split, gbr_cfg, k, args.steps_grid, selection), seed))
+        found["autoregressive"].append(row("autoregressive", partial(run_sasrec, data, split, run_cfg, gbr_cfg, args.budget_s, seed, args.sasrec_init, k, selection, sasrec_max_len), seed))
+        for name in ("gbr", "autoregressive"):
+            if found[name][-1] is not None:
+                print(f"seed {seed}: {name} recall@{k} {found[name][-1]['metrics'][f'recall@{k}']:.4f}", file=sys.stderr)
+    if args.compute_only:
+        return
+    missing = sorted(name for name, per_seed in found.items() if any(r is None for r in per_seed))
+    if missing:
+        print(f"rows {missing} are not in {rows_dir} yet (another process computes them): no results file written; rerun with all rows to assemble it", file=sys.stderr)
+        return
+    results: dict[str, list[dict[str, Any]]] = {name: [r for r in per_seed if r is not None] for name, per_seed in found.items()}
 
     rows = []
     for name, per_seed in results.items():
@@ -218,7 +249,7 @@ def main() -> None:
             f"beyond-log: items with any genre in {protocol_cfg.off_platform_genres} are off platform; {len(split.target_users)} target users "
             f"({protocol_cfg.target_user_frac:.0%} of users, seed {protocol_cfg.seed}) keep only on-platform events visible; world users keep all. "
             f"From a target's on-platform sequence, generate {k} unseen off-platform items; recall@{k} = hits / min({k}, |hidden|), NDCG@{k} binary; "
-            f"candidates = all {int(split.off_platform.sum())} off-platform items. GBR and SASRec train {args.budget_s:.0f} s each on {args.threads} thread(s), "
+            f"candidates = all {int(split.off_platform.sum())} off-platform items. GBR and SASRec train {args.budget_s:.0f} s each (GBR on {gbr_defaults.device}, SASRec on {run_cfg.train.device}, {args.threads} CPU thread(s)), "
             + (f"keeping the round with the best recall@{k} on {len(selection[1].target_users)} world users playing targets (their off-platform events "
                f"hidden from training too); GBR's unmasking rounds chosen from {sorted(set(args.steps_grid) | {gbr_defaults.steps})} on the same users; "
                if selection is not None else f"keeping the round with the lowest held-out users' training loss; GBR unmasks in {gbr_defaults.steps} round(s); ")
@@ -226,7 +257,7 @@ def main() -> None:
         ),
         "n_target_users": len(split.target_users), "n_off_platform_items": int(split.off_platform.sum()), "visible_events": int(split.visible_rows.sum()),
         "hidden_per_target": {"median": float(np.median(hidden_sizes)), "mean": float(hidden_sizes.mean())},
-        "budget_s": args.budget_s, "threads": args.threads, "steps_grid": args.steps_grid,
+        "budget_s": args.budget_s, "threads": args.threads, "device": {"gbr": gbr_defaults.device, "autoregressive": run_cfg.train.device}, "steps_grid": args.steps_grid,
     }
     finish("beyond_log", run_cfg, protocol, args.seeds, rows, [f"recall@{k}", f"ndcg@{k}", "validity", "duplicate_rate", "novelty"], out, targets=targets)
     print(f"GBR recall@{k} = {targets['gbr_over_popularity']:.2f} x popularity; above autoregressive: {targets['gbr_above_autoregressive']}")
