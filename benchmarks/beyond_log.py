@@ -181,10 +181,11 @@ def main() -> None:
     # stale, and changing GBR's settings does not recompute EASE or SASRec.
     gbr_defaults = GBRConfig.model_validate(base_gbr)
     sasrec_max_len = args.sasrec_max_len or run_cfg.protocol.topk.max_len
-    common = {"protocol": protocol_cfg.model_dump(), "valid_frac": args.valid_frac, "select": args.select}
+    split_key = {"data": run.manifest["steps"]["prepare"]["key"], "protocol": protocol_cfg.model_dump()}
+    common = {**split_key, "valid_frac": args.valid_frac, "select": args.select}
     keys = {
-        "popularity": {"protocol": protocol_cfg.model_dump()},
-        "itemknn": {"protocol": protocol_cfg.model_dump()},
+        "popularity": split_key,
+        "itemknn": split_key,
         "ease": {**common, "ease_l2": args.ease_l2},
         "gbr": {**common, "gbr": gbr_defaults.model_dump(exclude={"seed"}), "steps": args.steps_grid},
         "autoregressive": {**common, "budget_s": args.budget_s, "sasrec_init": args.sasrec_init, "sasrec_max_len": sasrec_max_len, "model": run_cfg.model.model_dump(),
