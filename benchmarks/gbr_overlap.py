@@ -1,0 +1,84 @@
+"""Does GBR's inferred list say anything about the `ctr` label? Positive rate of samples whose target is in the list.
+
+    python benchmarks/gbr_overlap.py --run-dir runs/abl-gpu    # a run whose `gbr` step has written its table
+
+For every ctr sample at or after its user's `as_of` (the rows the ranker may show the inferred behaviours to), the
+share of positives when the target item is among the user's inferred items and when it is not, per split. It reads
+the run's files only (no training): the table of `reaseq gbr` and the prepared samples.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import polars as pl
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import RESULTS, command_line  # noqa: E402
+
+from reaseq.data.protocols import load_ctr_samples  # noqa: E402
+from reaseq.gbr.augment import read_inferred_table  # noqa: E402
+from reaseq.gbr.step import GBR_DIR, TABLE_FILE  # noqa: E402
+from reaseq.io import write_json  # noqa: E402
+from reaseq.pipeline import CTR_SAMPLES_FILE, DATA_DIR  # noqa: E402
+
+SPLITS = {0: "train", 1: "valid", 2: "test"}
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--run-dir", type=Path, required=True, help="a run folder with data/ctr_samples.parquet and gbr/inferred.parquet")
+    parser.add_argument("--out", type=Path, default=RESULTS / "ml-1m_gbr_overlap.json")
+    return parser.parse_args()
+
+
+def overlap_table(samples: pl.DataFrame, table: pl.DataFrame) -> pl.DataFrame:
+    """Per split and target-in-list: samples, positive rate, mean confidence of the matching slot (samples after as_of only).
+
+    `samples` has columns pos, user, item_idx, label, split; `table` is a `reaseq gbr` table (user, slot, item, confidence, as_of).
+    """
+    as_of = table.group_by("user").agg(pl.col("as_of").first())
+    listed = table.select("user", pl.col("item").alias("item_idx"), "confidence")
+    joined = (
+        samples.join(as_of, on="user")
+        .filter(pl.col("pos") >= pl.col("as_of"))
+        .join(listed, on=["user", "item_idx"], how="left")
+        .with_columns(pl.col("confidence").is_not_null().alias("target_in_list"))
+    )
+    return (
+        joined.group_by("split", "target_in_list")
+        .agg(pl.len().alias("samples"), pl.col("label").mean().alias("positive_rate"), pl.col("confidence").mean().alias("mean_confidence"))
+        .sort("split", "target_in_list")
+    )
+
+
+def main() -> None:
+    args = parse_args()
+    root = args.run_dir
+    samples_file, table_file = root / DATA_DIR / CTR_SAMPLES_FILE, root / GBR_DIR / TABLE_FILE
+    for path in (samples_file, table_file):
+        if not path.is_file():
+            raise SystemExit(f"{path} not found: run `reaseq prepare` and `reaseq gbr` (or `reaseq ablate` with din_gbr) for {root} first")
+    samples = load_ctr_samples(samples_file)
+    frame = pl.DataFrame({"pos": samples.pos, "user": samples.user, "item_idx": samples.item, "label": samples.label, "split": samples.split})
+    result = overlap_table(frame, read_inferred_table(table_file))
+    rows = [{**row, "split": SPLITS[row["split"]]} for row in result.to_dicts()]
+    print("| split | target in list | samples | positive rate | mean confidence |\n|---|---|---:|---:|---:|")
+    for row in rows:
+        confidence = "" if row["mean_confidence"] is None else f"{row['mean_confidence']:.4f}"
+        print(f"| {row['split']} | {row['target_in_list']} | {row['samples']:,} | {row['positive_rate']:.4f} | {confidence} |")
+    summary_file = root / GBR_DIR / "summary.json"
+    write_json(args.out, {
+        "benchmark": "gbr_overlap", "command": command_line(), "run_dir": str(root),
+        "gbr_summary": json.loads(summary_file.read_text(encoding="utf-8")) if summary_file.is_file() else None,
+        "protocol": "ctr samples at rows >= the user's as_of (those the ranker may show GBR's table to); label = rating >= 4",
+        "rows": rows,
+    })
+    print(f"\nwrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
