@@ -19,7 +19,6 @@ import polars as pl
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, command_line  # noqa: E402
 
-from reaseq.data.protocols import load_ctr_samples  # noqa: E402
 from reaseq.gbr.augment import read_inferred_table  # noqa: E402
 from reaseq.gbr.step import GBR_DIR, TABLE_FILE  # noqa: E402
 from reaseq.io import write_json  # noqa: E402
@@ -62,9 +61,8 @@ def main() -> None:
     for path in (samples_file, table_file):
         if not path.is_file():
             raise SystemExit(f"{path} not found: run `reaseq prepare` and `reaseq gbr` (or `reaseq ablate` with din_gbr) for {root} first")
-    samples = load_ctr_samples(samples_file)
-    frame = pl.DataFrame({"pos": samples.pos, "user": samples.user, "item_idx": samples.item, "label": samples.label, "split": samples.split})
-    result = overlap_table(frame, read_inferred_table(table_file))
+    samples = pl.read_parquet(samples_file, columns=["pos", "user_idx", "item_idx", "label", "split"]).rename({"user_idx": "user"})
+    result = overlap_table(samples, read_inferred_table(table_file))
     rows = [{**row, "split": SPLITS[row["split"]]} for row in result.to_dicts()]
     print("| split | target in list | samples | positive rate | mean confidence |\n|---|---|---:|---:|---:|")
     for row in rows:

@@ -75,7 +75,6 @@ def run_gbr(run: RunDir, tables: Path | None = None, force: bool = False) -> Pat
         model, result = train_gbr(data, rows, cfg.gbr, init_embeddings=init, checkpoint=folder / "model.pt")
         # Inferred where GBR trained (train_gbr hands the weights back on CPU), so a GPU run does not wait on CPU inference.
         table = inferred_table(model.to(cfg.gbr.device), data, rows, cfg.gbr, as_of=as_of)
-        model.cpu()
         write_inferred_table(table, out)
         histories = user_histories(data, rows)
         quality = generation_quality(table["item"].to_numpy().reshape(data.n_users, cfg.gbr.k), histories, None, data.n_items)
