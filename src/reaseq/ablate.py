@@ -36,7 +36,10 @@ ABLATION_ROWS: dict[str, dict[str, Any]] = {
     "din": {},
     "din_rer": {"knowledge": "aligned", "semantic_ids": True},
     "din_gbr": {"inferred": True},
+    # GBR as one feature of the target (was it inferred, with what confidence), without the second attention
+    "din_gbr_hit": {"inferred": True, "inferred_attention": False, "inferred_target_indicator": True},
     "reaseq": {"knowledge": "aligned", "semantic_ids": True, "inferred": True},
+    "reaseq_hit": {"knowledge": "aligned", "semantic_ids": True, "inferred": True, "inferred_attention": False, "inferred_target_indicator": True},
     "kar": {"knowledge": "kar"},
     "din_text": {"knowledge": "text"},
 }

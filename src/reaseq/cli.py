@@ -214,7 +214,7 @@ def ablate(
     set_: SetOpt = None,
     run_dir: RunDirOpt = None,
     force: ForceOpt = False,
-    rows: Annotated[Optional[list[str]], typer.Option("--row", help="Ablation row (repeatable): din, din_rer, din_gbr, reaseq, kar, din_text. Default: all but din_text.")] = None,
+    rows: Annotated[Optional[list[str]], typer.Option("--row", help="Ablation row (repeatable): din, din_rer, din_gbr, din_gbr_hit, reaseq, reaseq_hit, kar, din_text. Default: din, din_rer, din_gbr, reaseq, kar.")] = None,
     seeds: Annotated[Optional[list[int]], typer.Option("--seed", help="Seed (repeatable); default: train.seeds of the config.")] = None,
     records: Annotated[Optional[Path], typer.Option(help="Knowledge records (JSONL) for RER; default: the knowledge step's output, else the items' metadata.")] = None,
     jobs: Annotated[int, typer.Option(help="(row, seed) trainings run in parallel processes; set train.num_threads so that jobs x threads <= cores.")] = 1,

@@ -104,6 +104,11 @@ class ModelConfig(Strict):
     # GBR in the ranker (DIN): a second target attention over the user's inferred behaviours, beside the real
     # sequence; each inferred item carries a source flag and its confidence. Needs the gbr step's table.
     inferred: bool = False
+    # with `inferred`: keep the second target attention (off leaves only the target's own inferred features below)
+    inferred_attention: bool = True
+    # with `inferred`: add a 0/1 feature "the target is among the user's inferred items". The target's confidence
+    # alone is on the scale of 1/catalogue (about 0.03 on ML-1M), too small for the MLP to pick up quickly.
+    inferred_target_indicator: bool = False
     inferred_table: Path | None = None  # the gbr step's table (inferred.parquet); the pipeline sets it
 
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from reaseq import pipeline
-from reaseq.ablate import run_ablation
+from reaseq.ablate import row_config, run_ablation
 from reaseq.config import RunConfig
 from reaseq.data.batches import CTRBatcher
 from reaseq.data.dataset import load_prepared
@@ -125,6 +125,18 @@ def test_inferred_ranker_without_a_table_or_with_a_broken_one_is_a_clear_error(r
         load_inferred(broken, data.n_users, data.n_items)
     with pytest.raises(InputError, match="reaseq gbr"):
         load_inferred(tmp_path / "absent.parquet", data.n_users, data.n_items)
+
+
+def test_hit_rows_read_gbr_as_a_feature_of_the_target_only(run: RunDir, tmp_path: Path) -> None:
+    data, _ = _data(run)
+    table, tables = tmp_path / "inferred.parquet", tmp_path / "knowledge.npz"
+    for row in ("din_gbr_hit", "reaseq_hit"):
+        model = row_config(run.config, row, tables, table).model
+        assert model.inferred and model.inferred_table == table and not model.inferred_attention and model.inferred_target_indicator
+    assert row_config(run.config, "reaseq_hit", tables, table).model.knowledge_tables == tables
+    din_gbr = build_din(data, row_config(run.config, "din_gbr", None, table).model)
+    hit = build_din(data, row_config(run.config, "din_gbr_hit", None, table).model)
+    assert din_gbr.inferred.attention is not None and hit.inferred.attention is None and hit.inferred.out_dim == 2
 
 
 @pytest.mark.slow

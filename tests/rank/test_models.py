@@ -86,6 +86,42 @@ def test_din_uses_the_batcher_histories(prepared) -> None:
         np.testing.assert_allclose(probs[:32], torch.sigmoid(logits).numpy(), rtol=1e-5)
 
 
+def test_din_inferred_target_features(prepared) -> None:
+    data = prepared().data
+    torch.manual_seed(0)
+    model = build_din(data, model_cfg(inferred=True, inferred_attention=False, inferred_target_indicator=True)).eval()
+    assert model.inferred.attention is None and model.inferred.out_dim == 2
+    targets = [4, 7, 11]
+    batch = din_batch([[3], [5, 9], [2]], 4, targets, [0, 1, 2])
+    inf_items = torch.tensor([[4, 6, 0], [6, 8, 0], [11, 0, 0]])  # targets 4 and 11 were inferred, 7 was not
+    inf_conf = torch.tensor([[0.5, 0.2, 0.0], [0.4, 0.3, 0.0], [0.9, 0.0, 0.0]])
+    target = model.item_encoder.lookup(torch.tensor(targets))[0]
+    features = model.inferred(torch.tensor(targets), target, inf_items, None, inf_conf)
+    torch.testing.assert_close(features, torch.tensor([[0.5, 1.0], [0.0, 0.0], [0.9, 1.0]]))
+    with torch.no_grad():
+        scores = model({**batch, "inf_items": inf_items, "inf_conf": inf_conf})
+        # Without the attention only the target's own membership counts: other inferred items change nothing...
+        others = model({**batch, "inf_items": torch.tensor([[4, 9, 0], [8, 0, 0], [11, 5, 0]]), "inf_conf": inf_conf})
+        # ...while taking a target out of the list does (the indicator is read).
+        removed = model({**batch, "inf_items": torch.tensor([[6, 0, 0], [6, 8, 0], [11, 0, 0]]), "inf_conf": inf_conf})
+    torch.testing.assert_close(scores, others)
+    assert not torch.allclose(scores[0], removed[0])
+    torch.testing.assert_close(scores[1:], removed[1:])
+
+
+def test_din_inferred_attention_reads_every_inferred_item(prepared) -> None:
+    data = prepared().data
+    torch.manual_seed(0)
+    model = build_din(data, model_cfg(inferred=True)).eval()
+    assert model.inferred.attention is not None and model.inferred.out_dim == DIM + 1
+    batch = din_batch([[3], [5, 9]], 4, [4, 7], [0, 1])
+    inf_conf = torch.full((2, 2), 0.1)
+    with torch.no_grad():
+        scores = model({**batch, "inf_items": torch.tensor([[6, 8], [6, 8]]), "inf_conf": inf_conf})
+        others = model({**batch, "inf_items": torch.tensor([[6, 9], [6, 9]]), "inf_conf": inf_conf})
+    assert not torch.allclose(scores, others)
+
+
 # --- item encoder ----------------------------------------------------------------------------------
 
 

@@ -18,24 +18,31 @@ class InferredBehaviourAttention(nn.Module):
 
     Each inferred item is the shared item representation plus a learned source flag (inferred, not logged) plus
     a projection of its confidence. Besides the pooled vector it returns the confidence with which the target
-    itself was inferred (0 when it was not): the most direct evidence GBR has about this candidate.
+    itself was inferred (0 when it was not), the most direct evidence GBR has about this candidate, and, with
+    `target_indicator`, whether it was inferred at all. With `attention` off only those target features remain.
     """
 
-    def __init__(self, dim: int, attention_hidden: list[int], softmax: bool) -> None:
+    def __init__(self, dim: int, attention_hidden: list[int], softmax: bool, attention: bool = True, target_indicator: bool = False) -> None:
         super().__init__()
-        self.source_flag = nn.Parameter(torch.randn(dim) * 0.02)
-        self.confidence = nn.Linear(1, dim)
-        self.attention = TargetAttention(dim, attention_hidden, softmax=softmax)
-        self.out_dim = dim + 1
+        self.source_flag = nn.Parameter(torch.randn(dim) * 0.02) if attention else None
+        self.confidence = nn.Linear(1, dim) if attention else None
+        self.attention = TargetAttention(dim, attention_hidden, softmax=softmax) if attention else None
+        self.target_indicator = target_indicator
+        self.out_dim = (dim if attention else 0) + 1 + int(target_indicator)
 
-    def forward(self, target_items: torch.Tensor, target: torch.Tensor, items: torch.Tensor, inferred: torch.Tensor, confidence: torch.Tensor) -> torch.Tensor:
-        # target_items [B], target [B, D], items [U, K] (0 = none; U = B or 1), inferred [U, K, D], confidence [U, K]
-        # -> [B, D + 1]
+    def forward(self, target_items: torch.Tensor, target: torch.Tensor, items: torch.Tensor, inferred: torch.Tensor | None, confidence: torch.Tensor) -> torch.Tensor:
+        # target_items [B], target [B, D], items [U, K] (0 = none; U = B or 1), inferred [U, K, D] (None without
+        # the attention), confidence [U, K]
+        # -> [B, out_dim]
         mask = items > 0
-        keys = (inferred + self.source_flag + self.confidence(confidence.unsqueeze(-1))) * mask.unsqueeze(-1)
-        pooled = self.attention(target, keys, mask)
-        target_confidence = (confidence * (items == target_items.unsqueeze(1))).sum(1, keepdim=True)  # [B, 1]
-        return torch.cat([pooled, target_confidence], dim=-1)
+        hit = (items == target_items.unsqueeze(1)) & mask  # [B, K] where the target sits in the inferred list
+        features = [(confidence * hit).sum(1, keepdim=True)]  # [B, 1] the target's confidence
+        if self.target_indicator:
+            features.append(hit.any(1, keepdim=True).to(confidence.dtype))  # [B, 1]
+        if self.attention is not None:
+            keys = (inferred + self.source_flag + self.confidence(confidence.unsqueeze(-1))) * mask.unsqueeze(-1)
+            features.insert(0, self.attention(target, keys, mask))  # [B, D]
+        return torch.cat(features, dim=-1)
 
 
 class DIN(nn.Module):
@@ -49,7 +56,10 @@ class DIN(nn.Module):
         self.register_buffer("user_features", user_features, persistent=False)  # [n_users, F]
         self.user_embeddings = nn.ModuleList(nn.Embedding(size + 1, cfg.embedding_dim, padding_idx=0) for size in user_feature_sizes)
         self.attention = TargetAttention(dim, cfg.attention_hidden, softmax=cfg.attention_softmax)
-        self.inferred = InferredBehaviourAttention(dim, cfg.attention_hidden, cfg.attention_softmax) if cfg.inferred else None
+        self.inferred = (
+            InferredBehaviourAttention(dim, cfg.attention_hidden, cfg.attention_softmax, cfg.inferred_attention, cfg.inferred_target_indicator)
+            if cfg.inferred else None
+        )
         user_dim = cfg.embedding_dim * len(user_feature_sizes)
         inferred_dim = self.inferred.out_dim if self.inferred is not None else 0
         self.mlp = MLP(3 * dim + user_dim + inferred_dim, cfg.mlp_hidden, cfg.dropout, out_dim=1)
@@ -76,7 +86,8 @@ class DIN(nn.Module):
               inf_items: torch.Tensor | None = None, inf_conf: torch.Tensor | None = None) -> torch.Tensor:
         """Logits [B] for target `items` [B]; the user-side inputs have B rows, or 1 row shared by all targets."""
         n = items.shape[0]
-        lookups = [items, hist_items] + ([inf_items] if self.inferred is not None and inf_items is not None else [])
+        attends = self.inferred is not None and self.inferred.attention is not None and inf_items is not None
+        lookups = [items, hist_items] + ([inf_items] if attends else [])
         target, history, *inferred = self.item_encoder.lookup(*lookups)  # [B, D], [U, L, D] (U = B or 1), [U, K, D]
         mask = hist_items > 0  # [U, L]
         if self.action_embedding is not None:
@@ -90,7 +101,7 @@ class DIN(nn.Module):
         if self.inferred is not None:
             if inf_items is None or inf_conf is None:
                 raise KeyError("inf_items: this DIN reads inferred behaviours (model.inferred); batch them with the gbr step's table")
-            features.append(self.inferred(items, target, inf_items, inferred[0], inf_conf))
+            features.append(self.inferred(items, target, inf_items, inferred[0] if inferred else None, inf_conf))
         return self.mlp(torch.cat(features, dim=-1)).squeeze(-1)  # [B] logits
 
 
