@@ -63,7 +63,7 @@ def overlap_table(joined: pl.DataFrame) -> pl.DataFrame:
 def alone_auc(joined: pl.DataFrame) -> dict[str, dict[str, float]]:
     """Per split, the AUC of the label scored by the membership alone and by the target's confidence alone (0 if not listed).
 
-    An upper bound of sorts on what the feature can add to a ranker that knew nothing else.
+    What the feature says about the label on its own; a ranker that already scores the target well gains less from it.
     """
     out = {}
     for split, name in SPLITS.items():

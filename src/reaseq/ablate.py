@@ -31,15 +31,19 @@ from reaseq.runs import RunDir
 
 log = logging.getLogger("reaseq")
 
+RER_FIELDS: dict[str, Any] = {"knowledge": "aligned", "semantic_ids": True}
+GBR_FIELDS: dict[str, Any] = {"inferred": True}
+# GBR as one feature of the target (was it inferred, with what confidence), without the second attention
+GBR_HIT_FIELDS: dict[str, Any] = {"inferred": True, "inferred_attention": False, "inferred_target_indicator": True}
+
 # Row name -> ModelConfig fields on top of the base DIN.
 ABLATION_ROWS: dict[str, dict[str, Any]] = {
     "din": {},
-    "din_rer": {"knowledge": "aligned", "semantic_ids": True},
-    "din_gbr": {"inferred": True},
-    # GBR as one feature of the target (was it inferred, with what confidence), without the second attention
-    "din_gbr_hit": {"inferred": True, "inferred_attention": False, "inferred_target_indicator": True},
-    "reaseq": {"knowledge": "aligned", "semantic_ids": True, "inferred": True},
-    "reaseq_hit": {"knowledge": "aligned", "semantic_ids": True, "inferred": True, "inferred_attention": False, "inferred_target_indicator": True},
+    "din_rer": RER_FIELDS,
+    "din_gbr": GBR_FIELDS,
+    "din_gbr_hit": GBR_HIT_FIELDS,
+    "reaseq": {**RER_FIELDS, **GBR_FIELDS},
+    "reaseq_hit": {**RER_FIELDS, **GBR_HIT_FIELDS},
     "kar": {"knowledge": "kar"},
     "din_text": {"knowledge": "text"},
 }
