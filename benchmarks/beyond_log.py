@@ -1,4 +1,4 @@
-"""Beyond-log benchmark: infer target users' hidden off-platform behaviour with GBR, popularity, item-kNN and an autoregressive SASRec.
+"""Beyond-log benchmark: infer target users' hidden off-platform behaviour with GBR, popularity, item-kNN, EASE and an autoregressive SASRec.
 
     python benchmarks/beyond_log.py                          # ML-1M, writes results/ml-1m_beyond_log.json
     python benchmarks/beyond_log.py --budget-s 60 --seeds 1  # a quicker look
@@ -66,6 +66,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--budget-s", type=float, default=300.0, help="training seconds for GBR and for SASRec each")
     parser.add_argument("--steps-grid", type=int, nargs="+", default=[1, 2, 5, 10], help="unmasking rounds for the quality-vs-steps curve; GBR's row uses the one with the best recall on the validation users (with --select recall)")
     parser.add_argument("--sasrec-init", choices=["random", "svd"], default="random", help="SASRec item embeddings: its own random start, or GBR's SVD start")
+    parser.add_argument("--sasrec-response-frac", type=float, default=None, help="share of SASRec's training windows rewritten as prompt/response rows (on-platform items, then off-platform), as GBR trains; default: GBR's response_frac (0.5); 0: plain next-item windows, as before 2026-11-28")
     parser.add_argument("--sasrec-max-len", type=int, default=None, help="history items SASRec reads (default: the config's protocol.topk.max_len, 50 on ML-1M; 200 did worse there, see docs/protocols.md)")
     parser.add_argument("--ease-l2", type=float, nargs="+", default=[100.0, 300.0, 1000.0, 3000.0, 10000.0], help="EASE l2 grid, chosen on world users held out as validation targets")
     parser.add_argument("--valid-frac", type=float, default=0.1, help="share of all users, drawn among world users, that play targets for model selection (EASE's l2; GBR's and SASRec's round with --select recall)")
@@ -145,21 +146,33 @@ def run_gbr(data: Any, split: BeyondLogSplit, cfg: GBRConfig, k: int, steps_grid
     }
 
 
-def run_sasrec(data: Any, split: BeyondLogSplit, run_cfg: Any, gbr_cfg: GBRConfig, budget_s: float, seed: int, init: str, k: int, selection: Selection, max_len: int) -> dict[str, Any]:
-    """Train SASRec on the visible corpus within the same budget and generate K items greedily, one at a time."""
+def run_sasrec(data: Any, split: BeyondLogSplit, run_cfg: Any, gbr_cfg: GBRConfig, budget_s: float, seed: int, init: str, k: int, selection: Selection, max_len: int, steps_grid: list[int], response_frac: float) -> dict[str, Any]:
+    """Train SASRec on the visible corpus within the same budget and generate K items in rounds, chosen like GBR's."""
     started = time.perf_counter()
     train_cfg = run_cfg.train.model_copy(update={"time_budget_s": budget_s, "epochs": gbr_cfg.epochs})
-    corpus, rows, select = data, split.visible_rows, None
+    corpus, rows, select, response = data, split.visible_rows, None, split.off_platform
+    # Like GBR's: rounds of 1 (plain top-K) up to K (greedy, one item at a time), the round picked with GBR's steps.
+    grid = sorted({s for s in steps_grid if s <= k} | {gbr_cfg.steps, k})
+    lists = lambda g, steps: (lambda histories, allowed: generate_autoregressive(g, histories, k, allowed, steps=steps)[0])
     if selection is not None:
-        corpus, rows = selection[0], selection[1].visible_rows
-        select = lambda g: selection_recall(lambda histories, allowed: generate_autoregressive(g, histories, k, allowed)[0], selection, k)
+        corpus, rows, response = selection[0], selection[1].visible_rows, selection[1].off_platform
+        select = lambda g: selection_recall(lists(g, gbr_cfg.steps), selection, k)
     init_vectors = collaborative_init(corpus, rows, run_cfg.model.embedding_dim, seed) if init == "svd" else None
-    generator = train_sasrec_generator(corpus, rows, run_cfg.model, train_cfg, max_len, seed, gbr_cfg.valid_user_frac, EVAL_EVERY_WINDOWS, init_vectors, select)
-    (items, confidence), infer_s = timed(lambda: generate_autoregressive(generator, split.histories, k, split.allowed))
-    metrics = {**evaluate_lists(items, split, k), **generation_quality(items, split.histories, split.allowed, data.n_items), "mean_confidence": float(confidence.mean())}
+    generator = train_sasrec_generator(corpus, rows, run_cfg.model, train_cfg, max_len, seed, gbr_cfg.valid_user_frac, EVAL_EVERY_WINDOWS, init_vectors, select, response, response_frac)
+    steps, steps_valid = k, {}
+    if selection is not None:
+        steps_valid = {s: selection_recall(lists(generator, s), selection, k) for s in grid}
+        steps = max(grid, key=lambda s: (steps_valid[s], -s))
+    curve = []
+    for s in grid:
+        (items, confidence), infer_s = timed(lambda: generate_autoregressive(generator, split.histories, k, split.allowed, steps=s))
+        curve.append({"steps": s, **evaluate_lists(items, split, k), **generation_quality(items, split.histories, split.allowed, data.n_items), "mean_confidence": float(confidence.mean()), "infer_s": infer_s})
+    chosen = next(row for row in curve if row["steps"] == steps)
+    metrics = {key: chosen[key] for key in (f"recall@{k}", f"ndcg@{k}", f"precision@{k}", "n", "validity", "duplicate_rate", "novelty", "mean_confidence")}
     return {
         "metrics": metrics, "samples_per_s": generator.fit.train_samples_per_s, "wall_s": time.perf_counter() - started, "train_s": generator.wall_s,
-        "best_round": generator.fit.best_epoch, "rounds_run": generator.fit.epochs_run, "valid_curve": [v if selection else -v for v in generator.fit.curves["valid"]], "infer_s": infer_s,
+        "best_round": generator.fit.best_epoch, "rounds_run": generator.fit.epochs_run, "valid_curve": [v if selection else -v for v in generator.fit.curves["valid"]], "infer_s": chosen["infer_s"],
+        "quality_vs_steps": curve, "steps": steps, "steps_valid_recall": {str(s): v for s, v in steps_valid.items()},
     }
 
 
@@ -181,6 +194,7 @@ def main() -> None:
     # stale, and changing GBR's settings does not recompute EASE or SASRec.
     gbr_defaults = GBRConfig.model_validate(base_gbr)
     sasrec_max_len = args.sasrec_max_len or run_cfg.protocol.topk.max_len
+    sasrec_response_frac = gbr_defaults.response_frac if args.sasrec_response_frac is None else args.sasrec_response_frac
     split_key = {"data": run.manifest["steps"]["prepare"]["key"], "protocol": protocol_cfg.model_dump()}
     common = {**split_key, "valid_frac": args.valid_frac, "select": args.select}
     keys = {
@@ -188,9 +202,9 @@ def main() -> None:
         "itemknn": split_key,
         "ease": {**common, "ease_l2": args.ease_l2},
         "gbr": {**common, "gbr": gbr_defaults.model_dump(exclude={"seed"}), "steps": args.steps_grid},
-        "autoregressive": {**common, "budget_s": args.budget_s, "sasrec_init": args.sasrec_init, "sasrec_max_len": sasrec_max_len, "model": run_cfg.model.model_dump(),
+        "autoregressive": {**common, "budget_s": args.budget_s, "sasrec_init": args.sasrec_init, "sasrec_max_len": sasrec_max_len, "sasrec_response_frac": sasrec_response_frac, "model": run_cfg.model.model_dump(),
                            "train": run_cfg.train.model_dump(exclude={"progress", "seeds"}), "topk": run_cfg.protocol.topk.model_dump(),
-                           "gbr": {f: getattr(gbr_defaults, f) for f in ("epochs", "valid_user_frac")}},
+                           "gbr": {f: getattr(gbr_defaults, f) for f in ("epochs", "valid_user_frac", "steps")}, "steps": args.steps_grid},
     }
     rows_dir = args.work_dir / "rows"
 
@@ -209,7 +223,7 @@ def main() -> None:
     for seed in args.seeds:
         gbr_cfg = GBRConfig.model_validate({**base_gbr, "seed": seed})
         found["gbr"].append(row("gbr", partial(run_gbr, data, split, gbr_cfg, k, args.steps_grid, selection), seed))
-        found["autoregressive"].append(row("autoregressive", partial(run_sasrec, data, split, run_cfg, gbr_cfg, args.budget_s, seed, args.sasrec_init, k, selection, sasrec_max_len), seed))
+        found["autoregressive"].append(row("autoregressive", partial(run_sasrec, data, split, run_cfg, gbr_cfg, args.budget_s, seed, args.sasrec_init, k, selection, sasrec_max_len, args.steps_grid, sasrec_response_frac), seed))
         for name in ("gbr", "autoregressive"):
             if found[name][-1] is not None:
                 print(f"seed {seed}: {name} recall@{k} {found[name][-1]['metrics'][f'recall@{k}']:.4f}", file=sys.stderr)
@@ -225,15 +239,14 @@ def main() -> None:
     for name, per_seed in results.items():
         extra: dict[str, Any] = {}
         if name in ("gbr", "autoregressive"):
-            extra = {key: [r[key] for r in per_seed] for key in ("train_s", "best_round", "rounds_run", "infer_s")}
-        if name == "gbr":
+            extra = {key: [r[key] for r in per_seed] for key in ("train_s", "best_round", "rounds_run", "infer_s", "steps", "steps_valid_recall")}
             extra["quality_vs_steps"] = per_seed[0]["quality_vs_steps"]
-            extra.update({key: [r[key] for r in per_seed] for key in ("steps", "steps_valid_recall")})
+        if name == "gbr":
             extra["config"] = GBRConfig.model_validate({**base_gbr, "seed": args.seeds[0]}).model_dump()
         if name == "ease":
             extra = {"l2": per_seed[0]["l2"], "valid_recall": per_seed[0]["valid_recall"]}
         if name == "autoregressive":
-            extra["config"] = {"model": run_cfg.model.model_dump(), "train": run_cfg.train.model_dump(exclude={"seeds", "progress"}), "max_len": sasrec_max_len, "init": args.sasrec_init}
+            extra["config"] = {"model": run_cfg.model.model_dump(), "train": run_cfg.train.model_dump(exclude={"seeds", "progress"}), "max_len": sasrec_max_len, "init": args.sasrec_init, "response_frac": sasrec_response_frac}
         rows.append(make_row(name, [r["metrics"] for r in per_seed], [r["samples_per_s"] for r in per_seed], [r["wall_s"] for r in per_seed], **extra))
 
     mean = {row["name"]: row["metrics"][f"recall@{k}"]["mean"] for row in rows}
@@ -250,9 +263,10 @@ def main() -> None:
             f"beyond-log: items with any genre in {protocol_cfg.off_platform_genres} are off platform; {len(split.target_users)} target users "
             f"({protocol_cfg.target_user_frac:.0%} of users, seed {protocol_cfg.seed}) keep only on-platform events visible; world users keep all. "
             f"From a target's on-platform sequence, generate {k} unseen off-platform items; recall@{k} = hits / min({k}, |hidden|), NDCG@{k} binary; "
-            f"candidates = all {int(split.off_platform.sum())} off-platform items. GBR and SASRec train {args.budget_s:.0f} s each (GBR on {gbr_defaults.device}, SASRec on {run_cfg.train.device}, {args.threads} CPU thread(s)), "
+            f"candidates = all {int(split.off_platform.sum())} off-platform items. GBR and SASRec ({sasrec_response_frac:.0%} of its windows as prompt/response rows, like GBR's {gbr_defaults.response_frac:.0%}) train {args.budget_s:.0f} s each (GBR on {gbr_defaults.device}, SASRec on {run_cfg.train.device}, {args.threads} CPU thread(s)), "
             + (f"keeping the round with the best recall@{k} on {len(selection[1].target_users)} world users playing targets (their off-platform events "
-               f"hidden from training too); GBR's unmasking rounds chosen from {sorted(set(args.steps_grid) | {gbr_defaults.steps})} on the same users; "
+               f"hidden from training too; rounds scored with {gbr_defaults.steps} decoding round(s)); GBR's unmasking rounds chosen from {sorted(set(args.steps_grid) | {gbr_defaults.steps})} "
+               f"and SASRec's decoding rounds (each appends its share of the K items, best first, to the history) from {sorted({s for s in args.steps_grid if s <= k} | {gbr_defaults.steps, k})} on the same users; "
                if selection is not None else f"keeping the round with the lowest held-out users' training loss; GBR unmasks in {gbr_defaults.steps} round(s); ")
             + f"EASE's l2 chosen from {args.ease_l2} on the same world users, then refitted on the whole visible corpus."
         ),

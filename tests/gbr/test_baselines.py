@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from scipy import sparse
 
 from reaseq.config import ModelConfig, TrainConfig
@@ -14,6 +15,7 @@ from reaseq.gbr.baselines import (
     generate_autoregressive,
     itemknn_lists,
     popularity_lists,
+    prompt_response_windows,
     select_ease_l2,
     split_users,
     top_k_admissible,
@@ -21,7 +23,8 @@ from reaseq.gbr.baselines import (
 )
 from reaseq.gbr.beyond_log import build_beyond_log, evaluate_lists
 from reaseq.gbr.config import BeyondLogConfig
-from reaseq.gbr.infer import generation_quality, infer
+from reaseq.errors import InputError
+from reaseq.gbr.infer import forbidden_items, generation_quality, infer
 from reaseq.gbr.train import (
     build_windows,
     collaborative_init,
@@ -105,6 +108,64 @@ def test_sasrec_generator_trains_on_the_visible_corpus_and_generates_valid_lists
     assert generator.fit.epochs_run == 3 and generator.fit.curves["valid"][-1] > generator.fit.curves["valid"][0]
     items, confidence = generate_autoregressive(generator, split.histories, K, split.allowed)
     assert_valid_lists(items, confidence, split, mixed_chains.n_items)
+
+
+def test_autoregressive_rounds_run_from_plain_top_k_to_greedy(mixed_chains: SequenceData, split) -> None:
+    model_cfg = ModelConfig(name="sasrec", embedding_dim=16, num_layers=1, num_heads=2, dropout=0.0)
+    train_cfg = TrainConfig(epochs=2, batch_size=256, lr=0.01, patience=2, num_threads=1, progress=False)
+    generator = train_sasrec_generator(mixed_chains, split.visible_rows, model_cfg, train_cfg, max_len=6, seed=0, valid_user_frac=0.1)
+    histories = split.histories
+    # One round is SASRec's plain top-K: the K best admissible items of the first distribution, best first.
+    one, one_conf = generate_autoregressive(generator, histories, K, split.allowed, steps=1)
+    with torch.no_grad():
+        seq = torch.zeros((len(histories), 6), dtype=torch.long)
+        for row, history in enumerate(histories):
+            recent = torch.as_tensor(np.asarray(history, dtype=np.int64)[-6:])
+            seq[row, 6 - len(recent) :] = recent
+        scores = torch.softmax(generator.model(seq), dim=-1).numpy()
+    forbid = forbidden_items(histories, mixed_chains.n_items, split.allowed, exclude_seen=True).numpy()
+    expected, _ = top_k_admissible(scores, forbid, K)
+    assert np.array_equal(one, expected)
+    assert np.all(np.diff(one_conf, axis=1) <= 1e-6)  # most probable first
+    # K rounds is greedy decoding (the default); every schedule gives valid lists, and only the rounds differ.
+    greedy, _ = generate_autoregressive(generator, histories, K, split.allowed)
+    assert np.array_equal(greedy, generate_autoregressive(generator, histories, K, split.allowed, steps=K)[0])
+    assert np.array_equal(greedy[:, 0], one[:, 0])  # the first pick sees the same history either way
+    for steps in range(1, K + 1):
+        items, confidence = generate_autoregressive(generator, histories, K, split.allowed, steps=steps)
+        assert_valid_lists(items, confidence, split, mixed_chains.n_items)
+    for bad in (0, K + 1):
+        with pytest.raises(InputError, match="steps"):
+            generate_autoregressive(generator, histories, K, split.allowed, steps=bad)
+
+
+def test_prompt_response_windows_move_the_response_last_in_time_order() -> None:
+    response = torch.tensor([False, False, True, False, True, True])  # items 2, 4, 5 are the response kind
+    seq = torch.tensor([[0, 0, 2, 1, 4, 3], [5, 1, 2, 3, 4, 1]])
+    rewritten = prompt_response_windows(seq, response, 1.0, torch.Generator().manual_seed(0))
+    assert rewritten.tolist() == [[0, 0, 1, 3, 2, 4], [1, 3, 1, 5, 2, 4]]  # padding stays first
+    assert torch.equal(prompt_response_windows(seq, response, 0.0, torch.Generator().manual_seed(0)), seq)
+    half = prompt_response_windows(seq.repeat(200, 1), response, 0.5, torch.Generator().manual_seed(0))
+    assert 0.3 < (half != seq.repeat(200, 1)).any(dim=1).float().mean() < 0.7
+
+
+def test_sasrec_generator_trains_on_prompt_response_rows_only_when_asked(mixed_chains: SequenceData, split, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def recording(seq: torch.Tensor, *args: object) -> torch.Tensor:
+        seen.append((seq, prompt_response_windows(seq, *args)))  # type: ignore[arg-type]
+        return seen[-1][1]
+
+    monkeypatch.setattr("reaseq.gbr.baselines.prompt_response_windows", recording)
+    model_cfg = ModelConfig(name="sasrec", embedding_dim=16, num_layers=1, num_heads=2, dropout=0.0)
+    train_cfg = TrainConfig(epochs=1, batch_size=256, lr=0.01, patience=1, num_threads=1, progress=False)
+    train_sasrec_generator(mixed_chains, split.visible_rows, model_cfg, train_cfg, max_len=6, seed=0, valid_user_frac=0.1)
+    assert not seen
+    train_sasrec_generator(mixed_chains, split.visible_rows, model_cfg, train_cfg, max_len=6, seed=0, valid_user_frac=0.1, response_items=split.off_platform, response_frac=0.5)
+    assert seen and all(before.shape[1] == 7 for before, _ in seen)  # every training batch of windows (max_len + 1)
+    # The rewrite only reorders a window: it never adds an item (so no hidden event) nor drops one.
+    assert all(torch.equal(before.sort(dim=1).values, after.sort(dim=1).values) for before, after in seen)
+    assert any(not torch.equal(before, after) for before, after in seen)
 
 
 def test_sasrec_generator_can_keep_the_round_with_the_best_task_score(mixed_chains: SequenceData, split) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from reaseq.config import (
 )
 from reaseq.data.dataset import SequenceData
 from reaseq.data.protocols import TopKSplit
+from reaseq.errors import InputError
 from reaseq.gbr.beyond_log import BeyondLogSplit, evaluate_lists, validation_split
 from reaseq.gbr.config import BeyondLogConfig
 from reaseq.gbr.infer import forbidden_items
@@ -134,16 +136,30 @@ def sasrec_valid_loss(model: SASRec, split: TopKSplit, windows: tuple[np.ndarray
     return total / max(count, 1)
 
 
+def prompt_response_windows(seq: torch.Tensor, response_items: torch.Tensor, frac: float, generator: torch.Generator) -> torch.Tensor:
+    """Rewrite a `frac` share of left-padded windows [B, L] as prompt/response rows: the response items moved last.
+
+    The same rows GBR trains on (gbr.train.prompt_response), for a left-to-right model: padding, then the
+    window's other items, then its `response_items` (time order kept inside both), so the next-item loss
+    learns what follows a history of the other kind.
+    """
+    chosen = torch.rand(seq.shape[0], generator=generator) < frac  # [B]
+    key = torch.where(seq > 0, 1 + (response_items[seq] & chosen.unsqueeze(1)).long(), 0)  # padding, prompt, response
+    return seq.gather(1, torch.sort(key, dim=1, stable=True).indices)
+
+
 def train_sasrec_generator(
     data: SequenceData, visible_rows: np.ndarray, model_cfg: ModelConfig, train_cfg: TrainConfig, max_len: int,
     seed: int, valid_user_frac: float, eval_every: int | None = None, init_embeddings: np.ndarray | None = None,
-    select: Callable[[SASRecGenerator], float] | None = None,
+    select: Callable[[SASRecGenerator], float] | None = None, response_items: np.ndarray | None = None, response_frac: float = 0.0,
 ) -> SASRecGenerator:
     """Train SASRec (rank.topk's epoch) on the visible corpus; keep the round with the lowest held-out next-item loss.
 
     `init_embeddings` [n_items + 1, d] warm-start the item embeddings through gbr.model.map_embeddings,
     so the generator can start from the same vectors as GBR. `select` scores the generator after each round
-    (higher is better; e.g. a task metric on held-out users) in place of minus that loss.
+    (higher is better; e.g. a task metric on held-out users) in place of minus that loss. `response_items`
+    [n_items + 1] bool with `response_frac` > 0 trains that share of each batch's windows as prompt/response
+    rows (prompt_response_windows), as GBR's `response_frac` does.
     """
     started = time.perf_counter()
     if train_cfg.num_threads:
@@ -163,6 +179,12 @@ def train_sasrec_generator(
     optimizer = torch.optim.Adam(net.parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
     n_windows = len(train_windows[0])
     per_round = eval_every or n_windows
+    rewrite = None
+    if response_items is not None and response_frac > 0:
+        is_response = torch.from_numpy(np.asarray(response_items, dtype=bool))
+
+        def rewrite(seq: torch.Tensor) -> torch.Tensor:
+            return prompt_response_windows(seq, is_response, response_frac, generator)
     state = {"order": np.zeros(0, np.int64)}
     rng = np.random.default_rng(seed)
 
@@ -170,7 +192,7 @@ def train_sasrec_generator(
         if len(state["order"]) < per_round:
             state["order"] = np.concatenate([state["order"], rng.permutation(n_windows)])
         idx, state["order"] = state["order"][:per_round], state["order"][per_round:]
-        return sasrec_epoch(net, train_split, (train_windows[0][idx], train_windows[1][idx]), optimizer, run_cfg, generator, epoch)
+        return sasrec_epoch(net, train_split, (train_windows[0][idx], train_windows[1][idx]), optimizer, run_cfg, generator, epoch, rewrite)
 
     batch_windows = max(1, train_cfg.eval_batch_size // max_len)
     generator_so_far = SASRecGenerator(net, max_len, FitResult(), 0.0)
@@ -186,9 +208,16 @@ def train_sasrec_generator(
 
 @torch.no_grad()
 def generate_autoregressive(
-    generator: SASRecGenerator, histories: Sequence[np.ndarray], k: int, allowed: np.ndarray | None, batch_size: int = 512,
+    generator: SASRecGenerator, histories: Sequence[np.ndarray], k: int, allowed: np.ndarray | None, batch_size: int = 512, steps: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """K items per history, greedily one at a time: each pick is appended and conditions the next; (items, confidence)."""
+    """K items per history in `steps` rounds (default K: greedily one at a time); each round's picks are appended and condition the next; (items, confidence).
+
+    A round appends its ceil(remaining / rounds left) most probable admissible items, best first, so 1 round is
+    SASRec's plain top-K and K rounds is greedy decoding: the same schedule as GBR's unmasking rounds.
+    """
+    steps = k if steps is None else steps
+    if not 1 <= steps <= k:
+        raise InputError(None, "steps", f"{steps} decoding rounds for {k} items", f"use 1 to {k}")
     net, max_len = generator.model, generator.max_len
     net.eval()
     n_items = net.item_embedding.num_embeddings - 1
@@ -202,19 +231,21 @@ def generate_autoregressive(
             if len(recent):
                 seq[row, max_len - len(recent) :] = torch.from_numpy(recent)
         seq, forbid = seq.to(device), forbidden_items(batch, n_items, allowed, exclude_seen=True).to(device)
-        users = torch.arange(len(batch), device=device)
+        users = torch.arange(len(batch), device=device).unsqueeze(1)
         items = torch.zeros((len(batch), k), dtype=torch.long, device=device)
         conf = torch.zeros((len(batch), k), device=device)
-        for slot in range(k):
+        filled = 0
+        for step in range(steps):
+            n_pick = math.ceil((k - filled) / (steps - step))
             probs = torch.softmax(net(seq), dim=-1).masked_fill(forbid, 0.0)  # [B, V]
-            best = probs.argmax(dim=1)
-            items[:, slot] = best
-            conf[:, slot] = (probs[users, best] / probs.sum(dim=1).clamp(min=torch.finfo(probs.dtype).tiny)).clamp(max=1.0)
+            best_p, best = probs.topk(n_pick, dim=1)  # [B, n_pick], most probable first
+            items[:, filled : filled + n_pick] = best
+            conf[:, filled : filled + n_pick] = (best_p / probs.sum(dim=1, keepdim=True).clamp(min=torch.finfo(probs.dtype).tiny)).clamp(max=1.0)
             forbid[users, best] = True
-            seq = torch.cat([seq[:, 1:], best.unsqueeze(1)], dim=1)
+            seq = torch.cat([seq[:, n_pick:], best], dim=1)[:, -max_len:]
+            filled += n_pick
         all_items.append(items.cpu().numpy())
         all_conf.append(conf.cpu().numpy())
     if not all_items:
         return np.zeros((0, k), np.int64), np.zeros((0, k), np.float32)
     return np.concatenate(all_items), np.concatenate(all_conf)
-

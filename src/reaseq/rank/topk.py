@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,8 +35,14 @@ def training_windows(split: TopKSplit, max_len: int) -> tuple[np.ndarray, np.nda
     return end, start
 
 
-def sasrec_epoch(model: SASRec, split: TopKSplit, windows: tuple[np.ndarray, np.ndarray], optimizer: torch.optim.Optimizer, cfg: RunConfig, generator: torch.Generator, epoch: int) -> tuple[float, int]:
-    """One pass over the windows, next-item cross-entropy over the full catalogue at every real position."""
+def sasrec_epoch(
+    model: SASRec, split: TopKSplit, windows: tuple[np.ndarray, np.ndarray], optimizer: torch.optim.Optimizer, cfg: RunConfig, generator: torch.Generator, epoch: int,
+    rewrite: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> tuple[float, int]:
+    """One pass over the windows, next-item cross-entropy over the full catalogue at every real position.
+
+    `rewrite` maps each batch of left-padded windows [B, L + 1] to the rows actually trained on (e.g. reordered).
+    """
     items = torch.from_numpy(split.data.items)
     end, start = (torch.from_numpy(a) for a in windows)
     width = cfg.protocol.topk.max_len + 1
@@ -49,6 +56,8 @@ def sasrec_epoch(model: SASRec, split: TopKSplit, windows: tuple[np.ndarray, np.
         rows = end[idx].unsqueeze(1) - width + torch.arange(width)  # [B, L + 1]
         valid = rows >= start[idx].unsqueeze(1)
         seq = items[rows.clamp(min=0)].masked_fill(~valid, 0)
+        if rewrite is not None:
+            seq = rewrite(seq)
         inputs, targets = (x.to(device) for x in (seq[:, :-1], seq[:, 1:]))
         predict = (inputs > 0) & (targets > 0)  # [B, L]
         hidden = model.hidden(inputs)[predict]  # [n, D]
