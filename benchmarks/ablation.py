@@ -25,7 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, ROOT, finish, make_row  # noqa: E402
 
 from reaseq import pipeline  # noqa: E402
-from reaseq.ablate import ABLATION_ROWS, DEFAULT_ROWS, METRICS, run_ablation  # noqa: E402
+from reaseq.ablate import METRICS, run_ablation  # noqa: E402
+from reaseq.ablation_rows import ABLATION_ROWS, DEFAULT_ROWS  # noqa: E402
 from reaseq.config import load_config  # noqa: E402
 from reaseq.evaluate.metrics import ctr_metrics  # noqa: E402
 from reaseq.runs import RunDir  # noqa: E402

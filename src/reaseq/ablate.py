@@ -1,6 +1,6 @@
 """`reaseq ablate`: the full ReaSeq ablation on the `ctr` protocol (base DIN, each path alone, both paths, KAR).
 
-Every row is the run's DIN config plus the model fields of ABLATION_ROWS, trained with the same epochs, lr,
+Every row is the run's DIN config plus the model fields of reaseq.ablation_rows, trained with the same epochs, lr,
 batch size and patience (an equal tuning budget) and selected on validation AUC; each (row, seed) result is
 cached under <run>/ablation/rows so an interrupted ablation resumes. RecBole's DIN, the external peer, is added by
 benchmarks/ablation.py, which needs RecBole's own environment (`make recbole`).
@@ -20,6 +20,7 @@ import numpy as np
 import polars as pl
 
 from reaseq import pipeline
+from reaseq.ablation_rows import ABLATION_ROWS, DEFAULT_ROWS
 from reaseq.config import RunConfig
 from reaseq.data.batches import history_lengths, item_train_counts
 from reaseq.data.dataset import SequenceData, load_prepared
@@ -31,23 +32,6 @@ from reaseq.runs import RunDir
 
 log = logging.getLogger("reaseq")
 
-RER_FIELDS: dict[str, Any] = {"knowledge": "aligned", "semantic_ids": True}
-GBR_FIELDS: dict[str, Any] = {"inferred": True}
-# GBR as one feature of the target (was it inferred, with what confidence), without the second attention
-GBR_HIT_FIELDS: dict[str, Any] = {"inferred": True, "inferred_attention": False, "inferred_target_indicator": True}
-
-# Row name -> ModelConfig fields on top of the base DIN.
-ABLATION_ROWS: dict[str, dict[str, Any]] = {
-    "din": {},
-    "din_rer": RER_FIELDS,
-    "din_gbr": GBR_FIELDS,
-    "din_gbr_hit": GBR_HIT_FIELDS,
-    "reaseq": {**RER_FIELDS, **GBR_FIELDS},
-    "reaseq_hit": {**RER_FIELDS, **GBR_HIT_FIELDS},
-    "kar": {"knowledge": "kar"},
-    "din_text": {"knowledge": "text"},
-}
-DEFAULT_ROWS = ["din", "din_rer", "din_gbr", "reaseq", "kar"]
 METRICS = ["auc", "gauc", "logloss"]
 SUBSETS = ("sparse_users", "long_tail")
 ABLATION_DIR = "ablation"

@@ -12,6 +12,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from reaseq.ablation_rows import ABLATION_ROWS, DEFAULT_ROWS
 from reaseq.config import RunConfig, load_config
 from reaseq.errors import ReaSeqError
 
@@ -214,7 +215,7 @@ def ablate(
     set_: SetOpt = None,
     run_dir: RunDirOpt = None,
     force: ForceOpt = False,
-    rows: Annotated[Optional[list[str]], typer.Option("--row", help="Ablation row (repeatable): din, din_rer, din_gbr, din_gbr_hit, reaseq, reaseq_hit, kar, din_text. Default: din, din_rer, din_gbr, reaseq, kar.")] = None,
+    rows: Annotated[Optional[list[str]], typer.Option("--row", help=f"Ablation row (repeatable): {', '.join(ABLATION_ROWS)}. Default: {', '.join(DEFAULT_ROWS)}.")] = None,
     seeds: Annotated[Optional[list[int]], typer.Option("--seed", help="Seed (repeatable); default: train.seeds of the config.")] = None,
     records: Annotated[Optional[Path], typer.Option(help="Knowledge records (JSONL) for RER; default: the knowledge step's output, else the items' metadata.")] = None,
     jobs: Annotated[int, typer.Option(help="(row, seed) trainings run in parallel processes; set train.num_threads so that jobs x threads <= cores.")] = 1,
